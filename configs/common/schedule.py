@@ -1,0 +1,26 @@
+from fvcore.common.param_scheduler import MultiStepParamScheduler
+
+from sqr.config import LazyCall as L
+from sqr.engine.lr_scheduler import LRSchedule
+
+
+def multistep_schedule(num_updates: int, milestones: list[int], warmup_iters: int = 0,
+                       gamma: float = 0.1):
+    """lr x gamma at each milestone; milestones and num_updates share a unit (epochs or iters)."""
+    return L(LRSchedule)(
+        scheduler=L(MultiStepParamScheduler)(
+            values=[gamma**i for i in range(len(milestones) + 1)],
+            milestones=list(milestones),
+            num_updates=num_updates,
+        ),
+        warmup_iters=warmup_iters,
+        warmup_factor=0.001,
+    )
+
+
+# DETR-family recipes: 50 epochs, lr x0.1 at epoch 40, no warmup (detrex coco_schedule.py).
+lr_multiplier_50ep = multistep_schedule(50, [40])
+# AdaMixer 1x: 12 epochs, drops at 8 and 11, 500 warmup iterations.
+lr_multiplier_12ep_warmup = multistep_schedule(12, [8, 11], warmup_iters=500)
+# AdaMixer 3x: 36 epochs, drops at 27 and 33, 500 warmup iterations.
+lr_multiplier_36ep_warmup = multistep_schedule(36, [27, 33], warmup_iters=500)

@@ -1,0 +1,25 @@
+# Training defaults shared by every experiment (detrex's configs/common/train.py keys).
+train = dict(
+    output_dir="./output",
+    # Weights loaded before training (weights only). A path, an https:// URL,
+    # detectron2://..., or sqr://NAME from sqr.engine.model_zoo.
+    init_checkpoint="",
+    # Length of training: set exactly one. Epochs are converted to iterations with the dataset
+    # size and the total batch size (the conversion is logged at start).
+    max_iter=90000,
+    max_epochs=None,
+    # Total batch size the recipe's learning rate was tuned for; a warning is logged when the
+    # run's total batch differs (DETR-style AdamW recipes do not scale lr linearly).
+    reference_total_batch_size=None,
+    amp=dict(enabled=False, dtype="bfloat16"),  # "float16" adds a grad scaler (CUDA only)
+    ddp=dict(find_unused_parameters=False, broadcast_buffers=False),
+    clip_grad=dict(enabled=False, params=dict(max_norm=0.1, norm_type=2.0)),
+    checkpointer=dict(period=5000, max_to_keep=100),
+    eval_period=5000,
+    log_period=20,
+    # "auto" picks cuda when a GPU is visible, else cpu; --num-gpus N with cpu runs N gloo processes.
+    device="auto",
+    dist_timeout_minutes=30,
+    seed=0,
+    cudnn_benchmark=False,
+)

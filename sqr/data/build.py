@@ -1,0 +1,228 @@
+"""Datasets and data loaders for training and inference."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset
+
+from sqr.data.samplers import InferenceSampler, TrainingBatchSampler
+
+__all__ = [
+    "MapDataset",
+    "trivial_batch_collator",
+    "worker_init_fn",
+    "build_detection_train_loader",
+    "build_detection_test_loader",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class MapDataset(Dataset):
+    """Apply a mapper to a list of records, optionally under a per-sample seed.
+
+    ``dataset[i]`` maps record ``i`` using whatever RNG state the process has.
+    ``dataset[(i, seed)]`` maps record ``i`` with torch's CPU RNG, Python's ``random`` and
+    NumPy's global RNG all seeded from ``seed``, restoring the previous states afterwards. Since
+    :class:`~sqr.data.samplers.TrainingBatchSampler` derives ``seed`` from the global sample
+    position, augmentation is then independent of which worker (or how many workers) handled
+    the sample.
+
+    Args:
+        records: Dataset records.
+        mapper: Callable turning one record into a model input.
+    """
+
+    def __init__(self, records: list[dict[str, Any]], mapper: Callable[[dict[str, Any]], Any]):
+        self.records = records
+        self.mapper = mapper
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _map_seeded(self, record: dict[str, Any], seed: int) -> Any:
+        """Run the mapper with all global RNGs seeded from ``seed``, then restore them."""
+        py_state = random.getstate()
+        np_state = np.random.get_state()
+        # fork_rng(devices=[]) saves/restores only the CPU generator. We seed that generator
+        # directly rather than via torch.manual_seed, which would also reseed every CUDA device
+        # and disturb the training process's GPU randomness when num_workers == 0.
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)
+            random.seed(seed)
+            # NumPy's legacy seeding only takes 32-bit values.
+            np.random.seed(seed % (1 << 32))
+            try:
+                return self.mapper(record)
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        """Map one record.
+
+        Args:
+            key: A record index, or ``(index, sample_seed)``.
+
+        Returns:
+            The mapper's output.
+        """
+        if isinstance(key, tuple):
+            if len(key) != 2:
+                raise KeyError(f"MapDataset key must be an index or (index, seed), got {key!r}")
+            index, seed = key
+            return self._map_seeded(self.records[int(index)], int(seed))
+        return self.mapper(self.records[int(key)])
+
+
+def trivial_batch_collator(batch: list[Any]) -> list[Any]:
+    """Return the batch as a list, leaving images of different sizes unstacked.
+
+    Args:
+        batch: Mapped samples.
+
+    Returns:
+        The same samples, as a list.
+    """
+    return list(batch)
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Seed NumPy and Python ``random`` in a loader worker.
+
+    torch already gives every worker a distinct seed (``torch.initial_seed()``); NumPy does not,
+    so forked workers would otherwise share the parent's NumPy state.
+
+    Args:
+        worker_id: Worker index (unused; the torch seed is already worker-specific).
+    """
+    del worker_id
+    seed = torch.initial_seed() % (1 << 32)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _load_records(dataset: str | Sequence[str] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Resolve dataset names or pass a list of records through.
+
+    Args:
+        dataset: A registered name, a sequence of names, or a list of records.
+
+    Returns:
+        The concatenated records.
+
+    Raises:
+        ValueError: If a dataset (or the concatenation) is empty.
+    """
+    if isinstance(dataset, str):
+        dataset = [dataset]
+    items = list(dataset)
+    if not items:
+        raise ValueError("Dataset is empty: got an empty list of records/dataset names")
+    if all(isinstance(d, dict) for d in items):
+        return items
+    if not all(isinstance(d, str) for d in items):
+        raise TypeError(
+            "dataset must be a name, a sequence of names, or a list of record dicts; got "
+            f"element types {sorted({type(d).__name__ for d in items})}"
+        )
+
+    from sqr.data.catalog import load_dataset  # late import: the catalog pulls in COCO loading
+
+    records: list[dict[str, Any]] = []
+    for name in items:
+        recs, _ = load_dataset(name)
+        if len(recs) == 0:
+            raise ValueError(f"Dataset {name!r} is empty (0 records)")
+        logger.info("Loaded %d records from dataset %r", len(recs), name)
+        records.extend(recs)
+    return records
+
+
+def build_detection_train_loader(
+    dataset: str | Sequence[str] | list[dict[str, Any]],
+    mapper: Callable[[dict[str, Any]], Any],
+    total_batch_size: int,
+    *,
+    num_workers: int = 0,
+    seed: int = 0,
+    shuffle: bool = True,
+) -> DataLoader:
+    """Build an infinite training loader for this rank.
+
+    Each iteration yields a list of ``total_batch_size // world_size`` mapped samples. The
+    loader's ``batch_sampler`` is a :class:`~sqr.data.samplers.TrainingBatchSampler` (set its
+    ``start_iter`` before ``iter(loader)`` to resume) and its ``dataset`` a :class:`MapDataset`.
+
+    Args:
+        dataset: A registered dataset name, several names (concatenated), or a list of records.
+        mapper: Callable mapping a record to a model input, e.g.
+            :class:`~sqr.data.mapper.DetrDatasetMapper`.
+        total_batch_size: Images per iteration summed over all ranks.
+        num_workers: Loader worker processes (0 loads in the main process).
+        seed: Base seed of the sample order and of the per-sample augmentation seeds.
+        shuffle: Shuffle every epoch.
+
+    Returns:
+        The DataLoader (infinite; ``len()`` is undefined).
+    """
+    records = _load_records(dataset)
+    if not records:
+        raise ValueError(f"Training dataset {dataset!r} is empty")
+    map_dataset = MapDataset(records, mapper)
+    sampler = TrainingBatchSampler(len(records), total_batch_size, shuffle=shuffle, seed=seed)
+    logger.info(
+        "Train loader: %d records, total batch %d (%d per rank), %d workers",
+        len(records),
+        total_batch_size,
+        sampler.batch_size,
+        num_workers,
+    )
+    return DataLoader(
+        map_dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=trivial_batch_collator,
+        worker_init_fn=worker_init_fn,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def build_detection_test_loader(
+    dataset: str | list[dict[str, Any]],
+    mapper: Callable[[dict[str, Any]], Any],
+    *,
+    num_workers: int = 0,
+    batch_size: int = 1,
+) -> DataLoader:
+    """Build a finite inference loader over this rank's contiguous shard.
+
+    Args:
+        dataset: A registered dataset name (or several) or a list of records.
+        mapper: Callable mapping a record to a model input.
+        num_workers: Loader worker processes.
+        batch_size: Images per batch on this rank.
+
+    Returns:
+        A DataLoader yielding lists of mapped samples, in dataset order.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    records = _load_records(dataset)
+    if not records:
+        raise ValueError(f"Test dataset {dataset!r} is empty")
+    sampler = InferenceSampler(len(records))
+    batch_sampler = BatchSampler(sampler, batch_size, drop_last=False)
+    return DataLoader(
+        MapDataset(records, mapper),
+        batch_sampler=batch_sampler,
+        num_workers=num_workers,
+        collate_fn=trivial_batch_collator,
+        worker_init_fn=worker_init_fn,
+    )

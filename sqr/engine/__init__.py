@@ -1,0 +1,36 @@
+"""Training engine: command line, launch, setup, trainer and hooks, checkpoints, model zoo."""
+
+from .checkpoint import DetectionCheckpointer, LoadReport, UnsafeCheckpointError
+from .defaults import default_argument_parser, default_setup
+from .hooks import (
+    CheckpointHook,
+    EvalHook,
+    IterationTimer,
+    LRSchedulerHook,
+    PeriodicWriter,
+    capture_rng_state,
+    restore_rng_state,
+)
+from .launch import launch
+from .lr_scheduler import LRMultiplier, LRSchedule
+from .train_loop import HookBase, Trainer
+
+__all__ = [
+    "CheckpointHook",
+    "DetectionCheckpointer",
+    "EvalHook",
+    "HookBase",
+    "IterationTimer",
+    "LRMultiplier",
+    "LRSchedule",
+    "LRSchedulerHook",
+    "LoadReport",
+    "PeriodicWriter",
+    "Trainer",
+    "UnsafeCheckpointError",
+    "capture_rng_state",
+    "default_argument_parser",
+    "default_setup",
+    "launch",
+    "restore_rng_state",
+]

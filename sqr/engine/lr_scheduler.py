@@ -1,0 +1,85 @@
+"""Learning-rate schedules: an fvcore ``ParamScheduler`` over training progress, plus warmup.
+
+The schedule itself is written in any unit that matches its ``num_updates`` (epochs or
+iterations): fvcore schedulers are evaluated at the fraction of training done, so
+``MultiStepParamScheduler(values=[1, 0.1], milestones=[40], num_updates=50)`` means "drop at
+epoch 40 of 50" whatever the number of iterations per epoch turns out to be. Warmup is counted
+in iterations, as the reference recipes state it.
+"""
+
+from __future__ import annotations
+
+import torch
+from fvcore.common.param_scheduler import ParamScheduler
+
+
+class LRSchedule:
+    """A learning-rate multiplier as a function of the iteration.
+
+    Args:
+        scheduler: multiplier as a function of the fraction of training done, in [0, 1).
+        warmup_iters: length of the warmup in iterations (0 for none).
+        warmup_factor: multiplier at iteration 0 of the warmup.
+        warmup_method: "linear" (ramp from ``warmup_factor`` to 1) or "constant".
+    """
+
+    def __init__(
+        self,
+        scheduler: ParamScheduler,
+        warmup_iters: int = 0,
+        warmup_factor: float = 0.001,
+        warmup_method: str = "linear",
+    ) -> None:
+        if warmup_method not in ("linear", "constant"):
+            raise ValueError(f"warmup_method must be 'linear' or 'constant', got {warmup_method!r}")
+        if warmup_iters < 0:
+            raise ValueError(f"warmup_iters must be >= 0, got {warmup_iters}")
+        self.scheduler = scheduler
+        self.warmup_iters = warmup_iters
+        self.warmup_factor = warmup_factor
+        self.warmup_method = warmup_method
+
+    def __call__(self, iteration: int, max_iter: int) -> float:
+        value = self.scheduler(min(iteration / max_iter, 1.0 - 1e-9))
+        if iteration < self.warmup_iters:
+            if self.warmup_method == "constant":
+                factor = self.warmup_factor
+            else:
+                alpha = iteration / self.warmup_iters
+                factor = self.warmup_factor * (1 - alpha) + alpha
+            value *= factor
+        return value
+
+
+class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
+    """Sets every param group's lr to its base lr times ``schedule(iteration, max_iter)``.
+
+    Step it once per iteration. Only ``base_lrs`` and ``last_epoch`` (the iteration) are saved, so
+    a checkpoint never holds the schedule object itself.
+
+    Args:
+        optimizer: the optimizer to drive.
+        schedule: an :class:`LRSchedule`, or a bare fvcore ``ParamScheduler`` (no warmup).
+        max_iter: total training iterations.
+        last_iter: iteration of the last step taken (-1 for a fresh start).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        schedule: LRSchedule | ParamScheduler,
+        max_iter: int,
+        last_iter: int = -1,
+    ) -> None:
+        if not isinstance(schedule, LRSchedule):
+            schedule = LRSchedule(schedule)
+        self._schedule = schedule
+        self._max_iter = max_iter
+        super().__init__(optimizer, last_epoch=last_iter)
+
+    def state_dict(self) -> dict:
+        return {"base_lrs": self.base_lrs, "last_epoch": self.last_epoch}
+
+    def get_lr(self) -> list[float]:
+        multiplier = self._schedule(self.last_epoch, self._max_iter)
+        return [base_lr * multiplier for base_lr in self.base_lrs]

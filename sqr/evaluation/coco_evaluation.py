@@ -1,0 +1,264 @@
+"""COCO-style box AP evaluation with pycocotools, usable from single or multiple processes."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import logging
+import math
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from tabulate import tabulate
+
+from sqr.data.catalog import get_metadata
+from sqr.utils import comm
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["COCOEvaluator"]
+
+METRICS: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+class COCOEvaluator:
+    """Accumulate box predictions over a dataset and compute COCO box AP.
+
+    Typical use (see :func:`sqr.evaluation.inference_on_dataset`)::
+
+        evaluator.reset()
+        for inputs in loader:
+            evaluator.process(inputs, model(inputs))
+        results = evaluator.evaluate()
+
+    Every rank calls :meth:`process` on its shard of the data; :meth:`evaluate` gathers
+    all predictions and evaluates them on rank 0 only.
+    """
+
+    def __init__(
+        self, dataset_name: str, output_dir: str | None = None, max_dets_per_image: int = 100
+    ) -> None:
+        """Create an evaluator.
+
+        Args:
+            dataset_name: Registered dataset name; its metadata gives the ground-truth json
+                and the contiguous -> json category id mapping.
+            output_dir: If given, rank 0 writes the predictions in COCO results format to
+                ``output_dir/inference/coco_instances_results.json``.
+            max_dets_per_image: Largest number of detections per image that COCOeval
+                considers (the ``100`` of "AP@[maxDets=100]").
+        """
+        if max_dets_per_image < 1:
+            raise ValueError(f"max_dets_per_image must be >= 1, got {max_dets_per_image}")
+        self._dataset_name = dataset_name
+        self._metadata = get_metadata(dataset_name)
+        self._contiguous_to_dataset = self._metadata.contiguous_id_to_dataset_id
+        self._output_dir = output_dir
+        self._max_dets = int(max_dets_per_image)
+        self._coco_gt: COCO | None = None
+        # One entry per processed image: (image_id, list of COCO result dicts).
+        self._predictions: list[tuple[int, list[dict[str, Any]]]] = []
+
+    def reset(self) -> None:
+        """Forget all predictions seen so far."""
+        self._predictions = []
+
+    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        """Record the predictions of one batch.
+
+        Args:
+            inputs: Batch of dataset records; each needs ``"image_id"``.
+            outputs: Model outputs, one per input, with ``"boxes"`` (Tensor[N, 4], absolute
+                XYXY in the original image size), ``"scores"`` (Tensor[N]) and
+                ``"labels"`` (int64 Tensor[N], contiguous class ids).
+        """
+        if len(inputs) != len(outputs):
+            raise ValueError(
+                f"COCOEvaluator.process: got {len(inputs)} inputs but {len(outputs)} outputs"
+            )
+        for inp, out in zip(inputs, outputs, strict=True):
+            image_id = int(inp["image_id"])
+            boxes = torch.as_tensor(out["boxes"]).detach().to("cpu", torch.float64)
+            scores = torch.as_tensor(out["scores"]).detach().to("cpu", torch.float64)
+            labels = torch.as_tensor(out["labels"]).detach().to("cpu", torch.int64)
+            if (
+                boxes.ndim != 2
+                or boxes.shape[-1] != 4
+                or not (len(boxes) == len(scores) == len(labels))
+            ):
+                raise ValueError(
+                    f"COCOEvaluator.process: image {image_id}: expected boxes [N, 4], scores "
+                    f"[N], labels [N]; got {tuple(boxes.shape)}, {tuple(scores.shape)}, "
+                    f"{tuple(labels.shape)}"
+                )
+            xywh = boxes.clone()
+            xywh[:, 2:] -= xywh[:, :2]
+            results = []
+            for box, score, label in zip(
+                xywh.tolist(), scores.tolist(), labels.tolist(), strict=True
+            ):
+                if label not in self._contiguous_to_dataset:
+                    raise ValueError(
+                        f"COCOEvaluator.process: image {image_id} has predicted label {label}, "
+                        f"but dataset {self._dataset_name!r} has "
+                        f"{len(self._contiguous_to_dataset)} classes"
+                    )
+                results.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": self._contiguous_to_dataset[label],
+                        "bbox": box,
+                        "score": score,
+                    }
+                )
+            self._predictions.append((image_id, results))
+
+    def evaluate(self) -> dict:
+        """Gather predictions from all ranks and evaluate them on rank 0.
+
+        Returns:
+            On rank 0, ``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"}}`` in percent
+            (NaN where the ground truth has no object of that size); ``{}`` on other ranks.
+        """
+        gathered = comm.all_gather(self._predictions)
+        if not comm.is_main_process():
+            return {}
+
+        # Samplers may hand an image to more than one rank (padding to equal shards);
+        # keep its first copy so duplicates neither add false positives nor count twice.
+        per_image: dict[int, list[dict[str, Any]]] = {}
+        for image_id, results in itertools.chain.from_iterable(gathered):
+            per_image.setdefault(image_id, results)
+        results = [r for image_id in sorted(per_image) for r in per_image[image_id]]
+
+        if self._output_dir:
+            self._write_results(results)
+
+        if not results:
+            logger.warning(
+                "COCOEvaluator on %s: no predictions (%d images processed); reporting zeros",
+                self._dataset_name,
+                len(per_image),
+            )
+            return {"bbox": {k: 0.0 for k in METRICS}}
+
+        metrics = self._run_cocoeval(results, sorted(per_image))
+        return {"bbox": metrics}
+
+    # ------------------------------------------------------------------ internals
+
+    def _write_results(self, results: list[dict[str, Any]]) -> None:
+        out_dir = os.path.join(self._output_dir, "inference")
+        os.makedirs(out_dir, exist_ok=True)
+        path = os.path.join(out_dir, "coco_instances_results.json")
+        # Write to a sibling temp file and rename, so readers never see a partial file.
+        fd, tmp = tempfile.mkstemp(prefix=".coco_instances_results-", dir=out_dir)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(results, f)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        logger.info("Saved %d predictions to %s", len(results), path)
+
+    def _ground_truth(self) -> COCO:
+        if self._coco_gt is None:
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._coco_gt = COCO(self._metadata.json_file)
+        return self._coco_gt
+
+    def _run_cocoeval(self, results: list[dict[str, Any]], image_ids: list[int]) -> dict:
+        coco_gt = self._ground_truth()
+        unknown = sorted(set(image_ids) - set(coco_gt.getImgIds()))
+        if unknown:
+            raise ValueError(
+                f"COCOEvaluator: image ids {unknown[:10]} (of {len(unknown)}) are not in the "
+                f"ground truth {self._metadata.json_file}"
+            )
+        # pycocotools prints progress to stdout; keep it quiet and log our own summary.
+        with contextlib.redirect_stdout(io.StringIO()):
+            # loadRes adds fields to the dicts it is given, so hand it copies.
+            coco_dt = coco_gt.loadRes([dict(r) for r in results])
+            coco_eval = COCOeval(coco_gt, coco_dt, "bbox")
+            coco_eval.params.imgIds = image_ids
+            coco_eval.params.maxDets = [1, 10, self._max_dets]
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+        # Computed from the precision array directly rather than COCOeval.summarize(),
+        # whose AP line assumes maxDets == 100.
+        metrics = _summarize_precision(coco_eval)
+        self._log_results(metrics, coco_eval)
+        return metrics
+
+    def _log_results(self, metrics: dict[str, float], coco_eval: COCOeval) -> None:
+        table = tabulate(
+            [[metrics[k] for k in METRICS]],
+            headers=list(METRICS),
+            tablefmt="pipe",
+            floatfmt=".3f",
+            numalign="left",
+        )
+        logger.info("Evaluation results for bbox on %s:\n%s", self._dataset_name, table)
+
+        per_class = _per_category_ap(coco_eval)
+        names = self._metadata.thing_classes
+        rows = [(names[k], ap) for k, ap in enumerate(per_class)]
+        # Lay the per-class results out in up to three column pairs to keep the log short.
+        n_cols = min(3, len(rows)) or 1
+        flat = list(itertools.chain.from_iterable(rows))
+        grid = [flat[i : i + 2 * n_cols] for i in range(0, len(flat), 2 * n_cols)]
+        table = tabulate(
+            grid,
+            headers=["category", "AP"] * n_cols,
+            tablefmt="pipe",
+            floatfmt=".3f",
+            numalign="left",
+        )
+        logger.info("Per-category bbox AP:\n%s", table)
+
+        # Lines in the detectron2 "copypaste" format, easy to paste into a spreadsheet.
+        logger.info("copypaste: Task: bbox")
+        logger.info("copypaste: %s", ",".join(METRICS))
+        logger.info("copypaste: %s", ",".join(f"{metrics[k]:.4f}" for k in METRICS))
+
+
+def _mean_valid(precision: np.ndarray) -> float:
+    """Mean of entries > -1 (COCOeval's marker for "no ground truth"), NaN if none."""
+    valid = precision[precision > -1]
+    return float(np.mean(valid)) * 100.0 if valid.size else math.nan
+
+
+def _summarize_precision(coco_eval: COCOeval) -> dict[str, float]:
+    """Standard box AP metrics in percent from ``coco_eval.eval["precision"]``.
+
+    The precision array has shape [T, R, K, A, M]: IoU thresholds, recall points,
+    categories, area ranges (all, small, medium, large) and max-detection settings.
+    """
+    precision = coco_eval.eval["precision"]
+    iou_thrs = coco_eval.params.iouThrs
+    t50 = int(np.argmin(np.abs(iou_thrs - 0.5)))
+    t75 = int(np.argmin(np.abs(iou_thrs - 0.75)))
+    last = -1  # the largest maxDets setting
+    return {
+        "AP": _mean_valid(precision[:, :, :, 0, last]),
+        "AP50": _mean_valid(precision[t50, :, :, 0, last]),
+        "AP75": _mean_valid(precision[t75, :, :, 0, last]),
+        "APs": _mean_valid(precision[:, :, :, 1, last]),
+        "APm": _mean_valid(precision[:, :, :, 2, last]),
+        "APl": _mean_valid(precision[:, :, :, 3, last]),
+    }
+
+
+def _per_category_ap(coco_eval: COCOeval) -> list[float]:
+    """AP in percent for each category, in the order of ``coco_eval.params.catIds``."""
+    precision = coco_eval.eval["precision"]
+    return [_mean_valid(precision[:, :, k, 0, -1]) for k in range(precision.shape[2])]

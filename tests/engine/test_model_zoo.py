@@ -1,0 +1,268 @@
+"""Tests for :mod:`sqr.engine.model_zoo`, served by a local HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from sqr.engine import model_zoo
+from sqr.engine.model_zoo import DownloadError, ZooEntry
+
+PAYLOAD = os.urandom(200_000)
+PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+@dataclass
+class Server:
+    base: str
+    httpd: ThreadingHTTPServer
+    requests: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        """Stop serving and close the socket; idempotent."""
+        if self.httpd.socket.fileno() != -1:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    requests: list[str]  # set per server on a subclass
+
+    def do_GET(self) -> None:  # noqa: N802 - name fixed by BaseHTTPRequestHandler
+        self.requests.append(self.path)
+        path = self.path.split("?", 1)[0]
+        if path.endswith("/truncated.bin"):
+            # Promise more bytes than are sent, then drop the connection.
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.write(PAYLOAD[:1000])
+            self.wfile.flush()
+            self.close_connection = True
+        elif path.endswith("/page.html"):
+            self._send(b"<html>confirm download</html>", "text/html; charset=utf-8")
+        elif path.endswith(".bin") or path.endswith(".pkl") or path.endswith("/uc"):
+            self._send(PAYLOAD, "application/octet-stream")
+        else:
+            self.send_error(404, "Not Found")
+
+    def _send(self, body: bytes, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # keep pytest output quiet
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    requests: list[str] = []
+    handler = type("Handler", (_Handler,), {"requests": requests})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    host, port = httpd.server_address[:2]
+    srv = Server(base=f"http://{host}:{port}", httpd=httpd, requests=requests)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("SQR_CACHE", str(root))
+    monkeypatch.delenv("SQR_DETECTRON2_PREFIX", raising=False)
+    return root
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def test_cache_dir_env(cache: Path) -> None:
+    assert model_zoo.cache_dir() == cache
+
+
+def test_cache_dir_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("SQR_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert model_zoo.cache_dir() == tmp_path / ".cache" / "sqr"
+
+
+def test_download_success_with_sha(server: Server, tmp_path: Path) -> None:
+    dest = tmp_path / "a" / "b" / "file.bin"
+    out = model_zoo.download(f"{server.base}/file.bin", dest, sha256=PAYLOAD_SHA.upper(),
+                             progress=False)
+    assert out == dest
+    assert dest.read_bytes() == PAYLOAD
+    assert _files(tmp_path) == [dest]
+
+
+def test_resolve_url_downloads_then_uses_cache(server: Server, cache: Path) -> None:
+    url = f"{server.base}/models/file.bin"
+    first = model_zoo.resolve(url, progress=False)
+    assert Path(first).read_bytes() == PAYLOAD
+    port = server.base.rsplit(":", 1)[1]
+    assert Path(first) == cache / f"127.0.0.1_{port}" / "models" / "file.bin"
+    assert server.requests == ["/models/file.bin"]
+
+    second = model_zoo.resolve(url, progress=False)
+    assert second == first
+    assert server.requests == ["/models/file.bin"]  # no new request
+
+
+def test_cached_file_needs_no_server(server: Server, cache: Path) -> None:
+    url = f"{server.base}/file.bin"
+    first = model_zoo.resolve(url, progress=False)
+    server.stop()
+    # With the server gone any network access would fail, so success proves a cache hit.
+    assert model_zoo.resolve(url, progress=False) == first
+    assert Path(first).read_bytes() == PAYLOAD
+
+
+def test_sha_mismatch(server: Server, cache: Path) -> None:
+    wrong = "0" * 64
+    dest = cache / "x" / "file.bin"
+    with pytest.raises(DownloadError) as info:
+        model_zoo.download(f"{server.base}/file.bin", dest, sha256=wrong, progress=False)
+    msg = str(info.value)
+    assert wrong in msg and PAYLOAD_SHA in msg and str(dest) in msg
+    assert _files(cache) == []
+
+
+def test_http_404(server: Server, cache: Path) -> None:
+    url = f"{server.base}/missing.pth"
+    with pytest.raises(DownloadError, match="404") as info:
+        model_zoo.resolve(url, progress=False)
+    assert url in str(info.value)
+    assert _files(cache) == []
+
+
+def test_truncated_body(server: Server, cache: Path) -> None:
+    url = f"{server.base}/truncated.bin"
+    with pytest.raises(DownloadError, match="incomplete") as info:
+        model_zoo.resolve(url, progress=False)
+    assert f"1000 of {len(PAYLOAD)}" in str(info.value)
+    assert _files(cache) == []
+
+
+def test_html_page_rejected(server: Server, cache: Path) -> None:
+    with pytest.raises(DownloadError, match="HTML"):
+        model_zoo.resolve(f"{server.base}/page.html", progress=False)
+    assert _files(cache) == []
+
+
+def test_connection_refused(cache: Path) -> None:
+    with pytest.raises(DownloadError, match="127.0.0.1:9"):
+        model_zoo.resolve("http://127.0.0.1:9/nothing.bin", progress=False)
+    assert _files(cache) == []
+
+
+def test_sqr_scheme_uses_table(
+    server: Server, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = ZooEntry(url=f"{server.base}/zoo/model.bin", sha256=PAYLOAD_SHA,
+                     filename="zoo/my_model.pth")
+    monkeypatch.setitem(model_zoo.CHECKPOINTS, "my_model", entry)
+    out = model_zoo.resolve("sqr://my_model", progress=False)
+    assert Path(out) == cache / "zoo" / "my_model.pth"
+    assert Path(out).read_bytes() == PAYLOAD
+    assert model_zoo.resolve("sqr://my_model", progress=False) == out
+    assert server.requests == ["/zoo/model.bin"]
+
+
+def test_sqr_scheme_failure_includes_note(
+    server: Server, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = ZooEntry(url=f"{server.base}/zoo/model.bin", sha256="f" * 64,
+                     filename="bad.pth", note="put it there by hand")
+    monkeypatch.setitem(model_zoo.CHECKPOINTS, "bad", entry)
+    with pytest.raises(DownloadError, match="put it there by hand") as info:
+        model_zoo.resolve("sqr://bad", progress=False)
+    assert str(cache / "bad.pth") in str(info.value)
+    assert _files(cache) == []
+
+
+def test_sqr_unknown_name_lists_known() -> None:
+    with pytest.raises((KeyError, ValueError)) as info:
+        model_zoo.resolve("sqr://no_such_model")
+    msg = str(info.value)
+    assert "no_such_model" in msg
+    for name in ("dab_detr_r50_50ep", "R-50", "sqr_adamixer_r50_1x"):
+        assert name in msg
+
+
+def test_detectron2_prefix_override(
+    server: Server, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model_zoo, "DETECTRON2_PREFIX", f"{server.base}/d2/")
+    out = model_zoo.resolve("detectron2://ImageNetPretrained/torchvision/R-50.pkl",
+                            progress=False)
+    assert Path(out).read_bytes() == PAYLOAD
+    assert server.requests == ["/d2/ImageNetPretrained/torchvision/R-50.pkl"]
+
+    monkeypatch.setenv("SQR_DETECTRON2_PREFIX", f"{server.base}/env")  # no trailing slash
+    model_zoo.resolve("detectron2://x/R-101.pkl", progress=False)
+    assert server.requests[-1] == "/env/x/R-101.pkl"
+
+
+def test_detectron2_default_prefix_maps_like_table(cache: Path) -> None:
+    # sqr://R-50 and the detectron2:// spelling must share one cache file: pre-place it by hand.
+    entry = model_zoo.CHECKPOINTS["R-50"]
+    assert entry.url == (
+        "https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/torchvision/R-50.pkl"
+    )
+    target = cache / entry.filename
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"weights")
+    assert model_zoo.resolve("sqr://R-50") == str(target)
+    assert model_zoo.resolve("detectron2://ImageNetPretrained/torchvision/R-50.pkl") == str(target)
+
+
+def test_checkpoint_table() -> None:
+    table = model_zoo.CHECKPOINTS
+    assert table["dab_detr_r50_50ep"].url.endswith("/v0.1.0/dab_detr_r50_50ep.pth")
+    drive = table["sqr_dab_detr_r50_50ep"]
+    assert drive.url.endswith("id=1Zz298GPYvDfF1RjSTk1e_ZoBy3NtXxWd") and drive.note
+    assert "mmdet" in table["sqr_adamixer_r101_7stage_300q_3x"].note
+    assert all(e.sha256 is None for e in table.values())
+    assert len({e.filename for e in table.values()}) == len(table)
+
+
+def test_local_paths(tmp_path: Path) -> None:
+    existing = tmp_path / "model.pth"
+    existing.write_bytes(b"x")
+    assert model_zoo.resolve(str(existing)) == str(existing)
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        model_zoo.resolve(str(missing))
+
+
+@pytest.mark.parametrize("bad", ["", None])
+def test_empty_reference(bad: str | None) -> None:
+    with pytest.raises(ValueError):
+        model_zoo.resolve(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "ref", ["ftp://host/file.pth", "http://host/", "http://host/../etc/passwd"]
+)
+def test_bad_urls(ref: str, cache: Path) -> None:
+    with pytest.raises(ValueError):
+        model_zoo.resolve(ref, progress=False)

@@ -1,0 +1,141 @@
+"""Tests for COCOEvaluator and inference_on_dataset on the synthetic shapes dataset."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from sqr.data.catalog import load_dataset, register_coco_instances
+from sqr.evaluation import COCOEvaluator, inference_on_dataset
+
+
+@pytest.fixture(scope="module")
+def val_name(synthetic_root: Path) -> str:
+    name = f"test_eval_synthetic_val_{uuid.uuid4().hex[:8]}"
+    register_coco_instances(
+        name, str(synthetic_root / "annotations" / "val.json"), str(synthetic_root / "val")
+    )
+    return name
+
+
+def _ground_truth_outputs(records: list[dict], shift: float = 0.0) -> list[dict]:
+    """Score-1 predictions equal to the ground truth, optionally moved right by
+    ``shift`` times each box's width."""
+    outputs = []
+    for r in records:
+        boxes = torch.tensor([a["bbox"] for a in r["annotations"]], dtype=torch.float32)
+        boxes = boxes.reshape(-1, 4)
+        dx = shift * (boxes[:, 2] - boxes[:, 0])
+        boxes[:, 0] += dx
+        boxes[:, 2] += dx
+        labels = torch.tensor([a["category_id"] for a in r["annotations"]], dtype=torch.int64)
+        outputs.append({"boxes": boxes, "scores": torch.ones(len(boxes)), "labels": labels})
+    return outputs
+
+
+def _evaluate(name: str, outputs: list[dict], output_dir: str | None = None) -> dict:
+    records, _ = load_dataset(name)
+    evaluator = COCOEvaluator(name, output_dir=output_dir)
+    evaluator.reset()
+    # Two batches, to exercise accumulation across process() calls.
+    half = len(records) // 2
+    evaluator.process(records[:half], outputs[:half])
+    evaluator.process(records[half:], outputs[half:])
+    return evaluator.evaluate()
+
+
+def test_perfect_predictions(val_name: str, tmp_path: Path) -> None:
+    records, meta = load_dataset(val_name)
+    assert sum(len(r["annotations"]) for r in records) > 0
+    results = _evaluate(val_name, _ground_truth_outputs(records), str(tmp_path))
+    bbox = results["bbox"]
+    assert set(bbox) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert bbox["AP"] == pytest.approx(100.0, abs=1e-6)
+    assert bbox["AP50"] == pytest.approx(100.0, abs=1e-6)
+    assert bbox["AP75"] == pytest.approx(100.0, abs=1e-6)
+    for key in ("APs", "APm", "APl"):  # 100, or NaN where no object has that size
+        assert math.isnan(bbox[key]) or bbox[key] == pytest.approx(100.0, abs=1e-6)
+
+    # Results json in COCO format, with json category ids and XYWH boxes.
+    path = tmp_path / "inference" / "coco_instances_results.json"
+    written = json.loads(path.read_text())
+    assert len(written) == sum(len(r["annotations"]) for r in records)
+    gt = json.loads(Path(meta.json_file).read_text())
+    gt_boxes = sorted((a["image_id"], a["category_id"], *a["bbox"]) for a in gt["annotations"])
+    pred = sorted((p["image_id"], p["category_id"], *p["bbox"]) for p in written)
+    assert pred == pytest.approx(gt_boxes)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
+
+
+def test_shifted_predictions(val_name: str) -> None:
+    records, _ = load_dataset(val_name)
+    # Moving a w x h box right by 0.1 w leaves an overlap of 0.9 w x h and a union of
+    # 1.1 w x h, so IoU = 0.9 / 1.1 = 0.818 for every box. Of COCO's ten IoU thresholds
+    # 0.50, 0.55, ..., 0.95, the seven up to 0.80 count every prediction as a true positive
+    # (AP 100 at each), the three from 0.85 count every one as a false positive (AP 0).
+    # Hence AP = 7 / 10 * 100 = 70, AP50 = 100 and AP75 = 100.
+    results = _evaluate(val_name, _ground_truth_outputs(records, shift=0.1))
+    bbox = results["bbox"]
+    assert bbox["AP"] == pytest.approx(70.0, abs=0.05)
+    assert bbox["AP50"] == pytest.approx(100.0, abs=0.05)
+    assert bbox["AP75"] == pytest.approx(100.0, abs=0.05)
+
+
+def test_no_predictions(val_name: str, tmp_path: Path) -> None:
+    records, _ = load_dataset(val_name)
+    empty = [
+        {
+            "boxes": torch.zeros(0, 4),
+            "scores": torch.zeros(0),
+            "labels": torch.zeros(0, dtype=torch.int64),
+        }
+        for _ in records
+    ]
+    results = _evaluate(val_name, empty, str(tmp_path))
+    assert results == {"bbox": dict.fromkeys(("AP", "AP50", "AP75", "APs", "APm", "APl"), 0.0)}
+    path = tmp_path / "inference" / "coco_instances_results.json"
+    assert json.loads(path.read_text()) == []
+
+
+def test_bad_label_names_image(val_name: str) -> None:
+    records, _ = load_dataset(val_name)
+    evaluator = COCOEvaluator(val_name)
+    bad = {
+        "boxes": torch.tensor([[0.0, 0.0, 5.0, 5.0]]),
+        "scores": torch.ones(1),
+        "labels": torch.tensor([17]),
+    }
+    with pytest.raises(ValueError, match=f"image {records[0]['image_id']}.*label 17"):
+        evaluator.process(records[:1], [bad])
+
+
+class _OracleModel(torch.nn.Module):
+    """Returns the ground truth of each input; records the mode it was called in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+        self.seen_training: list[bool] = []
+        self.seen_grad: list[bool] = []
+
+    def forward(self, inputs: list[dict]) -> list[dict]:
+        self.seen_training.append(self.training)
+        self.seen_grad.append(torch.is_grad_enabled())
+        return _ground_truth_outputs(inputs)
+
+
+def test_inference_on_dataset(val_name: str) -> None:
+    records, _ = load_dataset(val_name)
+    loader = [records[i : i + 3] for i in range(0, len(records), 3)]
+    model = _OracleModel()
+    model.train()
+    results = inference_on_dataset(model, loader, COCOEvaluator(val_name))
+    assert results["bbox"]["AP"] == pytest.approx(100.0, abs=1e-6)
+    assert model.seen_training == [False] * len(loader)
+    assert model.seen_grad == [False] * len(loader)
+    assert model.training  # previous mode restored

@@ -1,0 +1,1 @@
+"""Test-only support code: a stand-in detector and multi-process workers."""
