@@ -53,7 +53,7 @@ setup(
         "tabulate>=0.9",
     ],
     extras_require={
-        "dev": ["pytest>=7.0", "pytest-timeout>=2.1"],
+        "dev": ["pytest>=7.0", "pytest-timeout>=2.1", "tensorboard>=2.10", "ruff>=0.5"],
         "tensorboard": ["tensorboard>=2.10"],
         "plot": ["matplotlib>=3.6"],
     },

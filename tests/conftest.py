@@ -18,3 +18,19 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic") / "synthetic_shapes"
     generate_synthetic_shapes(root, num_train=8, num_val=16, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def datasets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session-wide ``$DETECTRON2_DATASETS`` for end-to-end runs (synthetic data appears there
+    on first use); the previous value is restored at the end of the session."""
+    import os
+
+    root = tmp_path_factory.mktemp("datasets")
+    previous = os.environ.get("DETECTRON2_DATASETS")
+    os.environ["DETECTRON2_DATASETS"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("DETECTRON2_DATASETS", None)
+    else:
+        os.environ["DETECTRON2_DATASETS"] = previous

@@ -72,13 +72,16 @@ def max_iterations(cfg: DictConfig, loader) -> int:
     per_epoch = math.ceil(len(loader.dataset) / total_batch)
     logger.info(
         "%d training images, total batch %d: %d iterations per epoch",
-        len(loader.dataset), total_batch, per_epoch,
+        len(loader.dataset),
+        total_batch,
+        per_epoch,
     )
     reference = cfg.train.get("reference_total_batch_size")
     if reference and reference != total_batch:
         logger.warning(
             "total batch %d differs from the recipe's %d; the learning rate is not rescaled",
-            total_batch, reference,
+            total_batch,
+            reference,
         )
     return max_iter if max_iter is not None else max_epochs * per_epoch
 
@@ -137,7 +140,9 @@ def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
             IterationTimer(),
             LRSchedulerHook(optimizer, scheduler),
             CheckpointHook(
-                checkpointer, cfg.train.checkpointer.period, max_iter,
+                checkpointer,
+                cfg.train.checkpointer.period,
+                max_iter,
                 cfg.train.checkpointer.max_to_keep,
             ),
             EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),

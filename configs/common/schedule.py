@@ -4,8 +4,9 @@ from sqr.config import LazyCall as L
 from sqr.engine.lr_scheduler import LRSchedule
 
 
-def multistep_schedule(num_updates: int, milestones: list[int], warmup_iters: int = 0,
-                       gamma: float = 0.1):
+def multistep_schedule(
+    num_updates: int, milestones: list[int], warmup_iters: int = 0, gamma: float = 0.1
+):
     """lr x gamma at each milestone; milestones and num_updates share a unit (epochs or iters)."""
     return L(LRSchedule)(
         scheduler=L(MultiStepParamScheduler)(

@@ -17,7 +17,7 @@ train = dict(
     checkpointer=dict(period=5000, max_to_keep=100),
     eval_period=5000,
     log_period=20,
-    # "auto" picks cuda when a GPU is visible, else cpu; --num-gpus N with cpu runs N gloo processes.
+    # "auto": cuda when a GPU is visible, else cpu. --num-gpus N with cpu runs N gloo processes.
     device="auto",
     dist_timeout_minutes=30,
     seed=0,

@@ -142,7 +142,8 @@ class LazyConfig:
                 {
                     name: _to_config(value)
                     for name, value in namespace.items()
-                    if isinstance(value, (DictConfig, ListConfig, dict)) and not name.startswith("_")
+                    if isinstance(value, (DictConfig, ListConfig, dict))
+                    and not name.startswith("_")
                 },
                 flags={"allow_objects": True},
             )
@@ -242,7 +243,9 @@ def _yaml_safe(obj: Any, path: str) -> Any:
     import_path = _import_path(obj)
     if import_path is not None:
         return import_path
-    logger.warning("config.yaml: '%s' holds %r, which YAML cannot hold; saved as a string", path, obj)
+    logger.warning(
+        "config.yaml: '%s' holds %r, which YAML cannot hold; saved as a string", path, obj
+    )
     return repr(obj)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
-from sqr.data.samplers import InferenceSampler, TrainingBatchSampler
+from sqr.data.samplers import InferenceSampler, TrainingBatchSampler, derive_seed
 
 __all__ = [
     "MapDataset",
@@ -191,6 +191,9 @@ def build_detection_train_loader(
         collate_fn=trivial_batch_collator,
         worker_init_fn=worker_init_fn,
         persistent_workers=num_workers > 0,
+        # A private generator: creating the iterator (worker base seeds) must not draw from the
+        # global RNG, or a resumed run would consume one draw more than an uninterrupted one.
+        generator=torch.Generator().manual_seed(derive_seed(seed, sampler.rank)),
     )
 
 
@@ -225,4 +228,6 @@ def build_detection_test_loader(
         num_workers=num_workers,
         collate_fn=trivial_batch_collator,
         worker_init_fn=worker_init_fn,
+        # Evaluating in the middle of training must leave the global RNG untouched.
+        generator=torch.Generator().manual_seed(0),
     )

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from fvcore.common.checkpoint import Checkpointer
 
+from sqr.utils import comm
+
 logger = logging.getLogger(__name__)
 
 
@@ -39,6 +41,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     """
 
     _ALLOWED = {
+        ("_codecs", "encode"),  # how protocol-2 pickles store bytes (the array buffers)
         ("collections", "OrderedDict"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
@@ -170,6 +173,7 @@ class DetectionCheckpointer(Checkpointer):
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
             model = model.module
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.logger = logger  # fvcore's own messages then reach log.txt with ours
         self.last_report: LoadReport | None = None
 
     def save(self, name: str, **kwargs: Any) -> None:
@@ -221,6 +225,9 @@ class DetectionCheckpointer(Checkpointer):
         if not os.path.isfile(path):
             from .model_zoo import resolve
 
+            if comm.is_main_process():  # one download; the other ranks then find it cached
+                resolve(path)
+            comm.synchronize()
             path = resolve(path)
         self.logger.info("Loading checkpoint from %s", path)
         return super().load(path, checkpointables)
@@ -231,7 +238,9 @@ class DetectionCheckpointer(Checkpointer):
         if resume and self.has_checkpoint():
             last = self.get_checkpoint_file()
             extra = self.load(last)
-            self.logger.info("Resuming from %s at iteration %d", last, extra.get("iteration", -1) + 1)
+            self.logger.info(
+                "Resuming from %s at iteration %d", last, extra.get("iteration", -1) + 1
+            )
             return extra
         if resume:
             self.logger.info(

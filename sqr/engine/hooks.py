@@ -40,7 +40,9 @@ class IterationTimer(HookBase):
     def after_train(self) -> None:
         done = self.trainer.iter - self.trainer.start_iter
         total = time.perf_counter() - self._train_start
-        logger.info("Trained %d iterations in %.1f s (%.4f s / it)", done, total, total / max(done, 1))
+        logger.info(
+            "Trained %d iterations in %.1f s (%.4f s / it)", done, total, total / max(done, 1)
+        )
 
 
 class LRSchedulerHook(HookBase):
@@ -138,7 +140,11 @@ class EvalHook(HookBase):
 
     def after_step(self) -> None:
         next_iter = self.trainer.iter + 1
-        if self._period > 0 and next_iter % self._period == 0 and next_iter != self.trainer.max_iter:
+        if (
+            self._period > 0
+            and next_iter % self._period == 0
+            and next_iter != self.trainer.max_iter
+        ):
             self._evaluate()
 
     def after_train(self) -> None:

@@ -34,7 +34,9 @@ def _find_free_port() -> int:
 def _backend(device: str) -> str:
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; set train.device=cpu")
+            raise RuntimeError(
+                "train.device is 'cuda' but no CUDA device is visible; set train.device=cpu"
+            )
         return "nccl"
     return "gloo"
 
@@ -68,9 +70,16 @@ def launch(
         timeout: collective timeout (long evaluations on rank 0 need a generous one).
     """
     if _running_under_torchrun():
-        _init_and_run(main_func, args, device, timeout, init_method="env://",
-                      rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
-                      local_rank=int(os.environ["LOCAL_RANK"]))
+        _init_and_run(
+            main_func,
+            args,
+            device,
+            timeout,
+            init_method="env://",
+            rank=int(os.environ["RANK"]),
+            world_size=int(os.environ["WORLD_SIZE"]),
+            local_rank=int(os.environ["LOCAL_RANK"]),
+        )
         return
     world_size = num_machines * num_gpus_per_machine
     if world_size <= 1:
@@ -88,8 +97,16 @@ def launch(
     mp.start_processes(
         _spawned_worker,
         nprocs=num_gpus_per_machine,
-        args=(main_func, args, device, timeout, dist_url, world_size, num_gpus_per_machine,
-              machine_rank),
+        args=(
+            main_func,
+            args,
+            device,
+            timeout,
+            dist_url,
+            world_size,
+            num_gpus_per_machine,
+            machine_rank,
+        ),
         daemon=False,
         start_method="spawn",
     )
@@ -108,10 +125,22 @@ def _spawned_worker(
 ) -> None:
     rank = machine_rank * num_gpus_per_machine + local_rank
     # Mirror torchrun's variables so that every helper finds the same information either way.
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank),
-                      LOCAL_WORLD_SIZE=str(num_gpus_per_machine))
-    _init_and_run(main_func, args, device, timeout, init_method=dist_url, rank=rank,
-                  world_size=world_size, local_rank=local_rank)
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(local_rank),
+        LOCAL_WORLD_SIZE=str(num_gpus_per_machine),
+    )
+    _init_and_run(
+        main_func,
+        args,
+        device,
+        timeout,
+        init_method=dist_url,
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+    )
 
 
 def _init_and_run(
@@ -129,8 +158,9 @@ def _init_and_run(
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
     try:
-        dist.init_process_group(backend, init_method=init_method, world_size=world_size,
-                                rank=rank, timeout=timeout)
+        dist.init_process_group(
+            backend, init_method=init_method, world_size=world_size, rank=rank, timeout=timeout
+        )
     except Exception as e:
         raise RuntimeError(f"process group init failed at {init_method} (rank {rank}): {e}") from e
     try:

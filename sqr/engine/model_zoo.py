@@ -133,8 +133,9 @@ def _build_table() -> dict[str, ZooEntry]:
     detrex = {
         "dab_detr_r50_50ep": "dab_detr_r50_50ep.pth",  # detrex, 43.3 AP
         "deformable_detr_r50_converted": "converted_deformable_detr_r50.pth",
-        "deformable_detr_r50_box_refine_converted":
-            "converted_deformable_detr_r50_with_box_refine_50ep.pth",
+        "deformable_detr_r50_box_refine_converted": (
+            "converted_deformable_detr_r50_with_box_refine_50ep.pth"
+        ),
         "deformable_detr_r50_two_stage_converted": "converted_deformable_detr_two_stage_50ep.pth",
     }
     for name, fname in detrex.items():
@@ -222,14 +223,17 @@ def download(
         try:
             hasher = hashlib.sha256()
             received = 0
-            with tmp, tqdm(
-                total=expected,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=dest.name,
-                disable=not progress,
-            ) as bar:
+            with (
+                tmp,
+                tqdm(
+                    total=expected,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=dest.name,
+                    disable=not progress,
+                ) as bar,
+            ):
                 while True:
                     try:
                         chunk = response.read(CHUNK_SIZE)

@@ -89,7 +89,7 @@ class Trainer:
         self._data_iter = None
 
     def register_hooks(self, hooks: Sequence[HookBase | None]) -> None:
-        """Append hooks (None entries are skipped, so callers can write ``hook if cond else None``)."""
+        """Append hooks; None entries are skipped (callers may write ``hook if cond else None``)."""
         for hook in hooks:
             if hook is not None:
                 hook.trainer = self
@@ -127,7 +127,9 @@ class Trainer:
         batch = next(self._data_iter)
         data_time = time.perf_counter() - start
 
-        with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            self.device_type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+        ):
             loss_dict = self.model(batch)
         losses = sum(loss_dict.values())
         self._check_finite(losses, loss_dict)
@@ -151,7 +153,9 @@ class Trainer:
         metrics = {name: loss.detach().item() for name, loss in loss_dict.items()}
         metrics["data_time"] = data_time
         metrics = comm.reduce_dict_mean(metrics)
-        self.storage.put_scalar("total_loss", sum(v for k, v in metrics.items() if k != "data_time"))
+        self.storage.put_scalar(
+            "total_loss", sum(v for k, v in metrics.items() if k != "data_time")
+        )
         self.storage.put_scalars(**metrics)
 
     def _check_finite(self, losses: torch.Tensor, loss_dict: dict[str, torch.Tensor]) -> None:

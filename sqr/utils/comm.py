@@ -74,4 +74,4 @@ def reduce_dict_mean(values: dict[str, float]) -> dict[str, float]:
         stacked = stacked.cuda()
     dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
     stacked = (stacked / get_world_size()).cpu()
-    return {k: float(v) for k, v in zip(keys, stacked)}
+    return {k: float(v) for k, v in zip(keys, stacked, strict=True)}

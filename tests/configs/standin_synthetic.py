@@ -9,7 +9,7 @@ optimizer = get_config("common/optim.py").AdamW
 lr_multiplier = get_config("common/schedule.py").lr_multiplier_50ep
 train = get_config("common/train.py").train
 
-model = L(StandInDetector)(num_classes=4)
+model = L(StandInDetector)(num_classes=4, dropout=0.1)
 
 dataloader.train.total_batch_size = 4
 optimizer.lr = 1e-3

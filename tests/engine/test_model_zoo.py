@@ -107,8 +107,9 @@ def test_cache_dir_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 
 def test_download_success_with_sha(server: Server, tmp_path: Path) -> None:
     dest = tmp_path / "a" / "b" / "file.bin"
-    out = model_zoo.download(f"{server.base}/file.bin", dest, sha256=PAYLOAD_SHA.upper(),
-                             progress=False)
+    out = model_zoo.download(
+        f"{server.base}/file.bin", dest, sha256=PAYLOAD_SHA.upper(), progress=False
+    )
     assert out == dest
     assert dest.read_bytes() == PAYLOAD
     assert _files(tmp_path) == [dest]
@@ -177,8 +178,9 @@ def test_connection_refused(cache: Path) -> None:
 def test_sqr_scheme_uses_table(
     server: Server, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    entry = ZooEntry(url=f"{server.base}/zoo/model.bin", sha256=PAYLOAD_SHA,
-                     filename="zoo/my_model.pth")
+    entry = ZooEntry(
+        url=f"{server.base}/zoo/model.bin", sha256=PAYLOAD_SHA, filename="zoo/my_model.pth"
+    )
     monkeypatch.setitem(model_zoo.CHECKPOINTS, "my_model", entry)
     out = model_zoo.resolve("sqr://my_model", progress=False)
     assert Path(out) == cache / "zoo" / "my_model.pth"
@@ -190,8 +192,12 @@ def test_sqr_scheme_uses_table(
 def test_sqr_scheme_failure_includes_note(
     server: Server, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    entry = ZooEntry(url=f"{server.base}/zoo/model.bin", sha256="f" * 64,
-                     filename="bad.pth", note="put it there by hand")
+    entry = ZooEntry(
+        url=f"{server.base}/zoo/model.bin",
+        sha256="f" * 64,
+        filename="bad.pth",
+        note="put it there by hand",
+    )
     monkeypatch.setitem(model_zoo.CHECKPOINTS, "bad", entry)
     with pytest.raises(DownloadError, match="put it there by hand") as info:
         model_zoo.resolve("sqr://bad", progress=False)
@@ -212,8 +218,7 @@ def test_detectron2_prefix_override(
     server: Server, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(model_zoo, "DETECTRON2_PREFIX", f"{server.base}/d2/")
-    out = model_zoo.resolve("detectron2://ImageNetPretrained/torchvision/R-50.pkl",
-                            progress=False)
+    out = model_zoo.resolve("detectron2://ImageNetPretrained/torchvision/R-50.pkl", progress=False)
     assert Path(out).read_bytes() == PAYLOAD
     assert server.requests == ["/d2/ImageNetPretrained/torchvision/R-50.pkl"]
 

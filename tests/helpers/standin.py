@@ -16,8 +16,9 @@ from sqr.utils import comm
 
 
 class StandInDetector(nn.Module):
-    def __init__(self, num_classes: int, num_queries: int = 4, hidden_dim: int = 16,
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self, num_classes: int, num_queries: int = 4, hidden_dim: int = 16, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.num_queries = num_queries
@@ -25,22 +26,35 @@ class StandInDetector(nn.Module):
         self.conv2 = nn.Conv2d(hidden_dim, hidden_dim, 3, stride=2, padding=1)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_dim, num_queries * (4 + num_classes))
-        self.register_buffer("pixel_mean", torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1),
-                             persistent=False)
-        self.register_buffer("pixel_std", torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1),
-                             persistent=False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1), persistent=False
+        )
 
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
     def forward(self, batched_inputs: list[dict]):
-        images = [(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std
-                  for x in batched_inputs]
-        tensor, padding = batch_images(images)
-        features = F.relu(self.conv2(F.relu(self.conv1(tensor))))
-        valid = ~F.interpolate(padding[:, None].float(), size=features.shape[-2:]).bool()
-        pooled = (features * valid).sum((2, 3)) / valid.sum((2, 3)).clamp(min=1)
+        images = [
+            (x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std
+            for x in batched_inputs
+        ]
+        features, _ = batch_images(images)
+        sizes = [tuple(image.shape[-2:]) for image in images]
+        for conv in (self.conv1, self.conv2):
+            # Zero everything outside each image after every layer, so that the next layer sees
+            # the same zeros as its own padding would give: outputs then do not depend on how
+            # much batch padding the other images in the batch caused.
+            features = F.relu(conv(features))
+            sizes = [((h + 1) // 2, (w + 1) // 2) for h, w in sizes]  # stride 2, padding 1
+            valid = torch.zeros_like(features[:, :1])
+            for i, (h, w) in enumerate(sizes):
+                valid[i, :, :h, :w] = 1
+            features = features * valid
+        pooled = features.sum((2, 3)) / valid.sum((2, 3))
         out = self.head(self.dropout(pooled)).view(len(images), self.num_queries, -1)
         boxes, logits = out[..., :4].sigmoid(), out[..., 4:]  # boxes: normalised cx, cy, w, h
         if self.training:
@@ -70,10 +84,15 @@ class StandInDetector(nn.Module):
 
     def inference(self, batched_inputs, boxes, logits) -> list[dict]:
         results = []
-        for x, b, lg in zip(batched_inputs, boxes, logits):
+        for x, b, lg in zip(batched_inputs, boxes, logits, strict=True):
             h, w = x["height"], x["width"]
             scores, labels = lg.sigmoid().max(-1)
             xyxy = torch.cat([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], -1)
-            results.append({"boxes": xyxy * torch.tensor([w, h, w, h], device=self.device),
-                            "scores": scores, "labels": labels})
+            results.append(
+                {
+                    "boxes": xyxy * torch.tensor([w, h, w, h], device=self.device),
+                    "scores": scores,
+                    "labels": labels,
+                }
+            )
         return results

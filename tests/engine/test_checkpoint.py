@@ -1,0 +1,113 @@
+"""Checkpoints: atomic writes, pickle safety, detectron2 .pkl files and load reports."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sqr.engine import DetectionCheckpointer, UnsafeCheckpointError
+from sqr.engine.checkpoint import load_checkpoint_file
+
+
+class Tiny(nn.Module):
+    def __init__(self, width: int = 3) -> None:
+        super().__init__()
+        self.a = nn.Linear(2, width)
+        self.b = nn.Linear(width, 1)
+
+
+class Boom:
+    """Unpickling this runs os.system: a stand-in for a malicious checkpoint."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    model = Tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    DetectionCheckpointer(model, str(tmp_path), optimizer=optimizer).save(
+        "model_0000001", iteration=1
+    )
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+    other = Tiny()
+    extra = DetectionCheckpointer(other, str(tmp_path), optimizer=optimizer).resume_or_load("")
+    assert extra["iteration"] == 1
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, other.state_dict()[key])
+
+
+def test_failed_save_keeps_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    model = Tiny()
+    checkpointer = DetectionCheckpointer(model, str(tmp_path))
+    checkpointer.save("model_final")
+    before = (tmp_path / "model_final.pth").read_bytes()
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with torch.no_grad():
+        model.a.weight.add_(1)
+    with pytest.raises(OSError, match="disk full"):
+        checkpointer.save("model_final")
+    assert (tmp_path / "model_final.pth").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_final.pth"]
+
+
+def test_malicious_pth_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": Boom()}, path)
+    with pytest.raises(UnsafeCheckpointError, match="evil.pth"):
+        load_checkpoint_file(str(path))
+
+
+def test_malicious_pkl_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"model": {"w": Boom()}}))
+    with pytest.raises(UnsafeCheckpointError, match=r"evil.pkl.*posix.system|evil.pkl.*os.system"):
+        load_checkpoint_file(str(path))
+
+
+def test_detectron2_pkl_loads_arrays(tmp_path: Path) -> None:
+    # detectron2's ImageNet weights: {"model": {name: ndarray}, "__author__": ...}, pickled.
+    weights = {"a.weight": np.arange(6, dtype=np.float32).reshape(3, 2), "a.bias": np.ones(3)}
+    path = tmp_path / "R-50.pkl"
+    path.write_bytes(pickle.dumps({"model": weights, "__author__": "torchvision"}, protocol=2))
+    data = load_checkpoint_file(str(path))
+    assert data["__author__"] == "torchvision"
+    assert torch.equal(data["model"]["a.weight"], torch.arange(6.0).view(3, 2))
+
+
+def test_load_report_counts_each_kind(tmp_path: Path) -> None:
+    source = Tiny(width=3).state_dict()
+    state = {
+        "a.weight": source["a.weight"],  # matched
+        "a.bias": source["a.bias"],  # matched
+        "b.weight": torch.zeros(1, 4),  # model has [1, 3]: shape mismatch, skipped
+        "extra.weight": torch.zeros(2),  # not in the model: unexpected
+    }  # b.bias is absent: missing
+    torch.save({"model": state}, tmp_path / "w.pth")
+    model = Tiny(width=3)
+    checkpointer = DetectionCheckpointer(model, str(tmp_path))
+    checkpointer.load(str(tmp_path / "w.pth"), checkpointables=[])
+    report = checkpointer.last_report
+    assert report.matched == ["a.bias", "a.weight"]
+    assert report.missing == ["b.bias", "b.weight"]
+    assert report.unexpected == ["extra.weight"]
+    assert report.shape_mismatched == [("b.weight", (1, 4), (1, 3))]
+    # a: 2*3 + 3 = 9 of 9 + 3 + 1 = 13 parameter elements filled.
+    assert report.matched_fraction(model) == pytest.approx(9 / 13)
+    assert torch.equal(model.a.weight, source["a.weight"])
+
+
+def test_missing_checkpoint_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nothing.pth"):
+        DetectionCheckpointer(Tiny(), str(tmp_path)).load(str(tmp_path / "nothing.pth"))

@@ -1,0 +1,71 @@
+"""Two gloo CPU processes train like one process with the same total batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.train_net import STANDIN_CONFIG, train_and_dump
+
+from sqr.engine import launch
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(datasets_dir, tmp_path: Path) -> None:
+    # Dropout off: each rank draws its own dropout masks, which a single process cannot mirror.
+    # The stand-in pools only over valid pixels, so per-rank padding does not change features.
+    argv = [
+        "--config-file",
+        STANDIN_CONFIG,
+        "train.max_iter=4",
+        "train.eval_period=0",
+        "dataloader.train.total_batch_size=4",
+        "model.dropout=0.0",
+        "train.device=cpu",
+    ]
+    two, one = tmp_path / "two", tmp_path / "one"
+    for path in (two, one):
+        path.mkdir()
+    launch(train_and_dump, 2, args=(argv + [f"train.output_dir={two}"], str(two)), device="cpu")
+    train_and_dump(argv + [f"train.output_dir={one}"], str(one))
+
+    rank0 = torch.load(two / "rank0.pt", weights_only=True)
+    rank1 = torch.load(two / "rank1.pt", weights_only=True)
+    single = torch.load(one / "rank0.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys() == single.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), f"ranks disagree on {key}"
+        # Same samples, same augmentation; only the order of floating-point sums differs.
+        torch.testing.assert_close(rank0[key], single[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+def test_torchrun_launch(datasets_dir, tmp_path: Path) -> None:
+    """Under torchrun the script joins the group from RANK/WORLD_SIZE/LOCAL_RANK itself."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers.train_net import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(REPO / "tools" / "train_net.py"),
+        "--config-file",
+        STANDIN_CONFIG,
+        "train.max_iter=2",
+        "train.eval_period=0",
+        f"train.output_dir={tmp_path}",
+    ]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "World size: 2" in (tmp_path / "log.txt").read_text()
+    assert (tmp_path / "log.txt.rank1").is_file()
+    assert (tmp_path / "model_final.pth").is_file()

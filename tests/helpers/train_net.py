@@ -1,0 +1,39 @@
+"""Access to tools/train_net.py (a script, not a package module) from tests and workers."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+STANDIN_CONFIG = str(REPO / "tests" / "configs" / "standin_synthetic.py")
+
+
+def load_train_net() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("train_net", REPO / "tools" / "train_net.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse(*argv: str):
+    """Parse a train_net command line (without the program name)."""
+    from sqr.engine import default_argument_parser
+
+    return default_argument_parser().parse_args(list(argv))
+
+
+def train_and_dump(argv: list[str], dump_dir: str) -> None:
+    """Per-process worker: train like tools/train_net.py, then save this rank's parameters."""
+    from sqr.config import instantiate
+    from sqr.utils import comm
+
+    train_net = load_train_net()
+    args = parse(*argv)
+    cfg = train_net.setup(args)
+    model = instantiate(cfg.model).to(cfg.train.device)
+    train_net.do_train(cfg, args, model)
+    torch.save(model.state_dict(), Path(dump_dir) / f"rank{comm.get_rank()}.pt")
