@@ -1,0 +1,46 @@
+# DAB-DETR R50 as detrex builds it (REFERENCE 1.1): res5 only, 300 anchor queries, 6 + 6 layers,
+# PReLU FFNs, shared heads. The recollection schedule is the only thing SQR configs change.
+from sqr.config import LazyCall as L
+from sqr.layers.position_encoding import PositionEmbeddingSine
+from sqr.modeling.backbone import ResNet
+from sqr.modeling.criterion import SetCriterion
+from sqr.modeling.detectors import DABDETR, DabDetrDecoder, DabDetrEncoder
+from sqr.modeling.matcher import HungarianMatcher
+from sqr.modeling.recollection import RecollectionSchedule
+
+model = L(DABDETR)(
+    backbone=L(ResNet)(depth=50, out_features=["res5"], freeze_at=1, norm="FrozenBN"),
+    in_feature="res5",
+    in_channels=2048,
+    position_embedding=L(PositionEmbeddingSine)(num_feats=128, temperature=20, normalize=True),
+    encoder=L(DabDetrEncoder)(
+        num_layers=6,
+        embed_dim=256,
+        num_heads=8,
+        feedforward_dim=2048,
+        dropout=0.0,
+        activation="prelu",
+    ),
+    decoder=L(DabDetrDecoder)(
+        num_layers=6,
+        embed_dim=256,
+        num_heads=8,
+        feedforward_dim=2048,
+        dropout=0.0,
+        activation="prelu",
+        inverse_sigmoid_eps=1e-3,
+        checkpoint_recollected=False,
+    ),
+    criterion=L(SetCriterion)(
+        num_classes="${..num_classes}",
+        matcher=L(HungarianMatcher)(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0),
+        weight_dict={"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0},
+    ),
+    # The stage count comes from the decoder, so changing the depth cannot desynchronise them.
+    recollection=L(RecollectionSchedule)(num_stages="${..decoder.num_layers}", mode="none"),
+    num_classes=80,
+    num_queries=300,
+    embed_dim=256,
+    select_box_nums_for_evaluation=300,
+    inverse_sigmoid_eps=1e-3,
+)

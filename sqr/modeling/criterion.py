@@ -1,0 +1,241 @@
+"""Set-prediction losses for every query group of an SQR decoder, reported per decoder stage.
+
+Every group is matched on its own (:class:`~sqr.modeling.matcher.HungarianMatcher`) and gets the
+same focal classification, L1 box and GIoU losses with the same weights; the losses of all groups
+are computed in one vectorised pass and then summed over the groups of each stage. A later stage
+therefore weighs more only because SQR gives it more groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import generalized_box_iou, sigmoid_focal_loss
+
+from sqr.layers.box_ops import box_cxcywh_to_xyxy
+from sqr.modeling.matcher import (
+    HungarianMatcher,
+    check_l1_box_format,
+    check_predictions,
+    l1_boxes,
+    pad_targets,
+)
+from sqr.utils.comm import all_reduce_sum, get_world_size
+
+LOSS_NAMES = ("loss_class", "loss_bbox", "loss_giou")
+DEFAULT_WEIGHTS = {"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+
+
+class SetCriterion(nn.Module):
+    """Focal, L1 and GIoU losses over Hungarian-matched query groups.
+
+    Args:
+        num_classes: number of foreground classes ``K`` (the last dim of the logits).
+        matcher: assigns queries to targets for every (group, image) pair.
+        weight_dict: weight of each of ``"loss_class"``, ``"loss_bbox"`` and ``"loss_giou"``;
+            all three must be given. Defaults to ``{"loss_class": 1, "loss_bbox": 5,
+            "loss_giou": 2}``.
+        focal_alpha: ``alpha`` of the sigmoid focal loss.
+        focal_gamma: ``gamma`` of the sigmoid focal loss.
+        l1_box_format: ``"cxcywh"`` or ``"xyxy"``, the box format the L1 loss is measured in.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        weight_dict: Mapping[str, float] | None = None,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        l1_box_format: str = "cxcywh",
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        weights = dict(DEFAULT_WEIGHTS if weight_dict is None else weight_dict)
+        if set(weights) != set(LOSS_NAMES):
+            raise ValueError(
+                f"weight_dict must have exactly the keys {list(LOSS_NAMES)}, got {sorted(weights)}"
+            )
+        check_l1_box_format(l1_box_format)
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.weight_dict = {k: float(weights[k]) for k in LOSS_NAMES}
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.l1_box_format = l1_box_format
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, weight_dict={self.weight_dict}, "
+            f"focal_alpha={self.focal_alpha}, focal_gamma={self.focal_gamma}, "
+            f"l1_box_format={self.l1_box_format!r}"
+        )
+
+    def forward(
+        self,
+        pred_logits: Tensor,
+        pred_boxes: Tensor,
+        targets: list[dict[str, Tensor]],
+        group_stage: Sequence[int],
+    ) -> dict[str, Tensor]:
+        """Weighted losses of all query groups, summed per decoder stage.
+
+        Args:
+            pred_logits: Tensor[G, B, Q, K], raw classification logits.
+            pred_boxes: Tensor[G, B, Q, 4], normalised cxcywh boxes.
+            targets: ``B`` dicts with ``"labels"`` (int64 [N_b]) and ``"boxes"`` (float [N_b, 4],
+                normalised cxcywh).
+            group_stage: length ``G``, the decoder stage of each group.
+
+        Returns:
+            ``{f"{name}_s{stage}": scalar}`` for each name in :data:`LOSS_NAMES` and each stage
+            that appears in ``group_stage``; each value is the weighted loss summed over the
+            groups of that stage.
+        """
+        check_predictions(pred_logits, pred_boxes, targets)
+        num_groups = pred_logits.shape[0]
+        stages = [int(s) for s in group_stage]
+        if len(stages) != num_groups:
+            raise ValueError(
+                f"group_stage has {len(stages)} entries but the predictions have "
+                f"{num_groups} query groups"
+            )
+        if any(s < 0 for s in stages):
+            raise ValueError(f"group_stage entries must be non-negative, got {stages}")
+        if pred_logits.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"pred_logits has {pred_logits.shape[-1]} classes, expected num_classes="
+                f"{self.num_classes}"
+            )
+
+        device = pred_logits.device
+        indices = self.matcher(pred_logits, pred_boxes, targets)
+        labels, boxes, _, counts = pad_targets(targets, device)
+        num_boxes = self._num_boxes(sum(counts), device)
+        g_idx, b_idx, q_idx, t_idx = self._flatten_indices(indices, device)
+
+        # Loss math in at least float32: half-precision sums over G * B * Q * K terms lose too
+        # much, and torchvision's GIoU upcasts anyway. Gradients flow back through the casts.
+        dtype = torch.promote_types(
+            torch.promote_types(pred_logits.dtype, pred_boxes.dtype), torch.float32
+        )
+        per_group = torch.stack(
+            [
+                self._class_loss(pred_logits.to(dtype), labels, g_idx, b_idx, q_idx, t_idx),
+                *self._box_losses(pred_boxes.to(dtype), boxes, g_idx, b_idx, q_idx, t_idx),
+            ],
+            dim=1,
+        )  # [G, 3] in LOSS_NAMES order
+        weights = torch.tensor(
+            [self.weight_dict[k] for k in LOSS_NAMES], device=device, dtype=dtype
+        )
+        per_group = per_group * (weights / num_boxes)
+
+        # Sum each stage's groups with index_add (not a membership matmul, which would let a
+        # NaN in one stage leak into all of them): [S_present, 3].
+        present = sorted(set(stages))
+        position = {stage: i for i, stage in enumerate(present)}
+        stage_pos = torch.tensor([position[s] for s in stages], device=device)
+        per_stage = per_group.new_zeros(len(present), len(LOSS_NAMES)).index_add(
+            0, stage_pos, per_group
+        )
+        return {
+            f"{name}_s{stage}": per_stage[i, j]
+            for i, stage in enumerate(present)
+            for j, name in enumerate(LOSS_NAMES)
+        }
+
+    @staticmethod
+    def _num_boxes(local_count: int, device: torch.device) -> Tensor:
+        """Average number of target boxes per process, at least 1 (a 0-d float tensor)."""
+        total = all_reduce_sum(torch.tensor(float(local_count), device=device))
+        return (total / get_world_size()).clamp(min=1)
+
+    @staticmethod
+    def _flatten_indices(
+        indices: list[list[tuple[Tensor, Tensor]]], device: torch.device
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Concatenate the matches of all (group, image) pairs.
+
+        Returns:
+            ``(group, image, query, target)`` int64 tensors of length ``M`` (total matches) on
+            ``device``; ``target`` indexes the image's padded target row.
+        """
+        groups, images, queries, tgts = [], [], [], []
+        for g, per_image in enumerate(indices):
+            for b, (q, t) in enumerate(per_image):
+                groups.append(torch.full((len(q),), g, dtype=torch.int64))
+                images.append(torch.full((len(q),), b, dtype=torch.int64))
+                queries.append(q)
+                tgts.append(t)
+        if not queries:
+            empty = torch.zeros(0, dtype=torch.int64, device=device)
+            return empty, empty, empty, empty
+        # Concatenate on the host and copy each index tensor to the device once.
+        return tuple(torch.cat(x).to(device) for x in (groups, images, queries, tgts))
+
+    def _class_loss(
+        self,
+        pred_logits: Tensor,
+        labels: Tensor,
+        g_idx: Tensor,
+        b_idx: Tensor,
+        q_idx: Tensor,
+        t_idx: Tensor,
+    ) -> Tensor:
+        """Unnormalised focal loss per group.
+
+        Args:
+            pred_logits: Tensor[G, B, Q, K].
+            labels: int64 Tensor[B, N_max], padded target labels.
+            g_idx, b_idx, q_idx, t_idx: int64 Tensor[M], the matched pairs.
+
+        Returns:
+            Tensor[G], the focal loss summed over images, queries and classes.
+        """
+        onehot = torch.zeros_like(pred_logits)
+        onehot[g_idx, b_idx, q_idx, labels[b_idx, t_idx]] = 1.0
+        loss = sigmoid_focal_loss(
+            pred_logits, onehot, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="none"
+        )
+        return loss.flatten(1).sum(dim=1)
+
+    def _box_losses(
+        self,
+        pred_boxes: Tensor,
+        boxes: Tensor,
+        g_idx: Tensor,
+        b_idx: Tensor,
+        q_idx: Tensor,
+        t_idx: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Unnormalised L1 and GIoU losses per group.
+
+        Args:
+            pred_boxes: Tensor[G, B, Q, 4], normalised cxcywh.
+            boxes: Tensor[B, N_max, 4], padded normalised cxcywh targets.
+            g_idx, b_idx, q_idx, t_idx: int64 Tensor[M], the matched pairs.
+
+        Returns:
+            ``(l1, giou)``, each Tensor[G]: the L1 distance and ``1 - GIoU`` summed over the
+            group's matched pairs.
+        """
+        num_groups = pred_boxes.shape[0]
+        if g_idx.numel() == 0:
+            # No matches anywhere: zero losses that still reach pred_boxes, so backward works
+            # and every parameter producing boxes gets a (zero) gradient.
+            zero = pred_boxes.sum() * 0
+            return zero.expand(num_groups), zero.expand(num_groups)
+        src = pred_boxes[g_idx, b_idx, q_idx]  # [M, 4]
+        tgt = boxes[b_idx, t_idx].to(src.dtype)  # [M, 4]
+        l1 = (l1_boxes(src, self.l1_box_format) - l1_boxes(tgt, self.l1_box_format)).abs().sum(-1)
+        # Each pair as a batch of one-vs-one box sets: [M, 1, 1] (the diagonal, not M x M).
+        giou = generalized_box_iou(
+            box_cxcywh_to_xyxy(src)[:, None], box_cxcywh_to_xyxy(tgt)[:, None]
+        )
+        giou_loss = 1 - giou.reshape(-1)
+        zeros = pred_boxes.new_zeros(num_groups)
+        return zeros.index_add(0, g_idx, l1), zeros.index_add(0, g_idx, giou_loss)
