@@ -18,60 +18,28 @@ import argparse
 import os
 import pickle
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from sqr.engine.checkpoint import load_checkpoint_file
+from sqr.engine.checkpoint import load_checkpoint_file, write_atomically
 from sqr.engine.model_zoo import resolve
-from sqr.modeling.converters import CONVERTERS, ConversionError, convert
+from sqr.modeling.converters import CONVERTERS, ConversionError, convert, detect_format
 
 
-def detect_format(state: Mapping[str, Any]) -> str:
-    """Guess the format of a state_dict from its key names.
-
-    Args:
-        state: The checkpoint's ``"model"`` entry.
-
-    Returns:
-        ``"detrex_dab_detr"`` when keys start with ``transformer.``, ``"detectron2_resnet"`` when
-        they start with ``stem.`` or ``res2.``.
-
-    Raises:
-        ValueError: Neither or both patterns are present.
-    """
-    found = []
-    if any(key.startswith("transformer.") for key in state):
-        found.append("detrex_dab_detr")
-    if any(key.startswith(("stem.", "res2.")) for key in state):
-        found.append("detectron2_resnet")
-    if len(found) == 1:
-        return found[0]
-    sample = ", ".join(list(state)[:5])
-    what = "matches several formats (" + ", ".join(found) + ")" if found else "matches no format"
-    raise ValueError(
-        f"--format auto: the checkpoint {what}; first keys: {sample}. "
-        f"Pass one of --format {', '.join(sorted(CONVERTERS))}"
-    )
-
-
-def save_atomically(data: dict[str, Any], path: str) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename it onto ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def resolve_format(state: Mapping[str, Any], fmt: str) -> str:
+    """``fmt``, or the detected format for ``auto`` (an error when nothing is recognised)."""
+    if fmt != "auto":
+        return fmt
+    detected = detect_format(state)
+    if detected is None:
+        sample = ", ".join(list(state)[:5])
+        raise ValueError(
+            f"--format auto: the checkpoint matches no known format; first keys: {sample}. "
+            f"Pass one of --format {', '.join(sorted(CONVERTERS))}"
+        )
+    return detected
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,11 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         state = data["model"]
         if not isinstance(state, Mapping):
             raise ValueError(f"{args.input}: 'model' is a {type(state).__name__}, not a dict")
-        fmt = detect_format(state) if args.format == "auto" else args.format
+        fmt = resolve_format(state, args.format)
         converted = convert(state, fmt)
-        save_atomically(
-            {"model": converted, "__converted_from__": fmt, "__source__": args.input}, args.output
-        )
+        record = {"model": converted, "__converted_from__": fmt, "__source__": args.input}
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        write_atomically(args.output, lambda f: torch.save(record, f))
     except (ConversionError, ValueError, OSError, RuntimeError, pickle.UnpicklingError) as e:
         # RuntimeError covers DownloadError and torch.load failures, UnpicklingError unsafe files.
         print(f"convert_checkpoint: error: {e}", file=sys.stderr)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from fvcore.common.checkpoint import Checkpointer
 
+from sqr.modeling.converters import convert, detect_format
 from sqr.utils import comm
 
 logger = logging.getLogger(__name__)
@@ -137,7 +138,9 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _write_atomically(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
+def write_atomically(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Call ``write(file)`` on a temporary file next to ``path``, then rename it onto ``path``
+    (an existing ``path`` is untouched if anything fails)."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.basename(path))
     try:
@@ -186,12 +189,12 @@ class DetectionCheckpointer(Checkpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", save_file)
-        _write_atomically(save_file, lambda f: torch.save(data, f))
+        write_atomically(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
-        _write_atomically(path, lambda f: f.write(last_filename_basename), mode="w")
+        write_atomically(path, lambda f: f.write(last_filename_basename), mode="w")
 
     def _load_file(self, f: str) -> dict[str, Any]:
         return load_checkpoint_file(f)
@@ -201,6 +204,10 @@ class DetectionCheckpointer(Checkpointer):
             key.removeprefix("module."): torch.as_tensor(value)
             for key, value in checkpoint.pop("model").items()
         }
+        foreign = detect_format(state)
+        if foreign is not None:  # detectron2 / detrex names: map them explicitly to ours
+            self.logger.info("Converting checkpoint names from the %s format", foreign)
+            state = convert(state, foreign)
         model_state = self.model.state_dict()
         report = LoadReport()
         for key, value in list(state.items()):

@@ -1,4 +1,4 @@
-"""Box helpers not in ``torchvision.ops`` (use ``box_convert`` / ``generalized_box_iou`` from there)."""
+"""Box helpers not in torchvision.ops (use its box_convert, generalized_box_iou)."""
 
 from __future__ import annotations
 

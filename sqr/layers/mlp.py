@@ -22,7 +22,9 @@ class MLP(nn.Module):
         if num_layers < 1:
             raise ValueError(f"MLP needs at least one layer, got num_layers={num_layers}")
         dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(
+            nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:], strict=True)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):

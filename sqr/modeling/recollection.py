@@ -60,7 +60,7 @@ class RecollectionSchedule:
             self.mode = "custom"
         self.num_stages = num_stages
         self.start_q, self.end_q = _validated(num_stages, list(start_q), list(end_q))
-        self.groups_per_stage = tuple(e - s for s, e in zip(self.start_q, self.end_q))
+        self.groups_per_stage = tuple(e - s for s, e in zip(self.start_q, self.end_q, strict=True))
         self.group_stage = tuple(s for s, g in enumerate(self.groups_per_stage) for _ in range(g))
 
     @property
@@ -81,7 +81,7 @@ class RecollectionSchedule:
         """Whether a later stage decodes any output group of ``stage`` (never the last stage)."""
         out = self.output_slice(stage)
         first, stop = out.start + 1, out.stop + 1  # the outputs' reserve indices
-        later = zip(self.start_q[stage + 1 :], self.end_q[stage + 1 :])
+        later = zip(self.start_q[stage + 1 :], self.end_q[stage + 1 :], strict=True)
         return any(begin < stop and first < end for begin, end in later)
 
     def output_slice(self, stage: int) -> slice:
@@ -125,7 +125,7 @@ def _validated(num_stages: int, start_q: list[int], end_q: list[int]) -> tuple[l
                 f"{name}={values}"
             )
     size = 1
-    for stage, (begin, end) in enumerate(zip(start_q, end_q)):
+    for stage, (begin, end) in enumerate(zip(start_q, end_q, strict=True)):
         if not 0 <= begin < end:
             raise ValueError(
                 f"stage {stage}: slice start_q={begin}, end_q={end} is empty or negative"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.tiny import TINY_DAB_DETR
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sqr.config import LazyConfig, instantiate, locate
@@ -19,7 +20,11 @@ CONFIG_FILES = sorted(
     ]
 )
 # Overrides that shrink a model so that building it is cheap (keyed by path under the repo).
-TINY_OVERRIDES: dict[str, list[str]] = {}
+TINY_OVERRIDES: dict[str, list[str]] = {
+    "projects/sqr/configs/models/dab_detr_r50.py": TINY_DAB_DETR,
+    "projects/sqr/configs/dab_detr_r50_50ep.py": TINY_DAB_DETR,
+    "projects/sqr/configs/sqr_dab_detr_r50_50ep.py": TINY_DAB_DETR,
+}
 
 
 def _ids(path: Path) -> str:

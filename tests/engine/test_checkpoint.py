@@ -111,3 +111,38 @@ def test_load_report_counts_each_kind(tmp_path: Path) -> None:
 def test_missing_checkpoint_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nothing.pth"):
         DetectionCheckpointer(Tiny(), str(tmp_path)).load(str(tmp_path / "nothing.pth"))
+
+
+def test_detectron2_backbone_pkl_is_converted_on_load(tmp_path: Path) -> None:
+    """``train.init_checkpoint=R-50.pkl`` style: detectron2 names reach our torchvision names."""
+    from sqr.modeling.backbone import ResNet
+
+    class WithBackbone(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = ResNet(depth=18, out_features=("res5",))
+            self.head = nn.Linear(2, 2)
+
+    model = WithBackbone()
+    ours = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+
+    def detectron2_name(name: str) -> str:  # the naming of detectron2's ResNet, by hand
+        if name.startswith(("conv1", "bn1")):
+            return "stem.conv1." + ("weight" if name == "conv1.weight" else "norm." + name[4:])
+        layer, block, rest = name.split(".", 2)
+        stage = f"res{int(layer[-1]) + 1}.{block}."
+        rest = rest.replace("downsample.0", "shortcut").replace("downsample.1", "shortcut.norm")
+        for i in (1, 2):
+            rest = rest.replace(f"bn{i}.", f"conv{i}.norm.")
+        return stage + rest
+
+    weights = {detectron2_name(k): (v + 1).numpy() for k, v in ours.items()}
+    path = tmp_path / "R-18.pkl"
+    path.write_bytes(pickle.dumps({"model": weights, "__author__": "torchvision"}))
+    checkpointer = DetectionCheckpointer(model, str(tmp_path))
+    checkpointer.load(str(path), checkpointables=[])
+    report = checkpointer.last_report
+    assert report.missing == ["head.bias", "head.weight"] and not report.unexpected
+    assert len(report.matched) == len(ours)
+    loaded = model.backbone.layer2[0].downsample[1].weight  # shortcut.norm in detectron2's names
+    assert torch.equal(loaded, ours["layer2.0.downsample.1.weight"] + 1)

@@ -68,7 +68,9 @@ def test_perfect_predictions(val_name: str, tmp_path: Path) -> None:
     gt = json.loads(Path(meta.json_file).read_text())
     gt_boxes = sorted((a["image_id"], a["category_id"], *a["bbox"]) for a in gt["annotations"])
     pred = sorted((p["image_id"], p["category_id"], *p["bbox"]) for p in written)
-    assert pred == pytest.approx(gt_boxes)
+    assert len(pred) == len(gt_boxes)
+    for predicted, expected in zip(pred, gt_boxes, strict=True):
+        assert predicted == pytest.approx(expected)
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
 
 

@@ -357,5 +357,5 @@ def test_tool_auto_refuses_unknown_layout(tmp_path: Path, capsys) -> None:
     src = tmp_path / "other.pth"
     torch.save({"model": {"encoder.layers.0.norm1.weight": torch.zeros(1)}}, src)
     assert _tool().main(["--format", "auto", str(src), str(tmp_path / "o.pth")]) == 1
-    assert "matches no format" in capsys.readouterr().err
+    assert "matches no known format" in capsys.readouterr().err
     assert not (tmp_path / "o.pth").exists()

@@ -16,6 +16,7 @@ __all__ = [
     "CONVERTERS",
     "ConversionError",
     "convert",
+    "detect_format",
     "convert_detectron2_resnet",
     "convert_detrex_dab_detr",
 ]
@@ -46,3 +47,27 @@ def convert(state: Mapping[str, Any], fmt: str) -> dict[str, Any]:
             f"Unknown checkpoint format {fmt!r}; known formats: {', '.join(sorted(CONVERTERS))}"
         )
     return CONVERTERS[fmt](state)
+
+
+def detect_format(state: Mapping[str, Any]) -> str | None:
+    """Recognise a foreign checkpoint by its key names.
+
+    Args:
+        state: a checkpoint's ``"model"`` entry.
+
+    Returns:
+        ``"detrex_dab_detr"`` when keys start with ``transformer.``; ``"detectron2_resnet"`` when
+        they start with ``stem.``/``res2.`` (optionally under ``backbone.``); None otherwise
+        (sqr's own names).
+
+    Raises:
+        ValueError: the keys match several formats.
+    """
+    found = []
+    if any(key.startswith("transformer.") for key in state):
+        found.append("detrex_dab_detr")
+    elif any(key.removeprefix("backbone.").startswith(("stem.", "res2.")) for key in state):
+        found.append("detectron2_resnet")
+    if len(found) > 1:
+        raise ValueError(f"checkpoint keys match several formats: {', '.join(found)}")
+    return found[0] if found else None
