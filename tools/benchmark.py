@@ -9,12 +9,13 @@ Each variant runs in its own child process (this script re-invoked with a hidden
 flag) on a fixed-seed synthetic batch (random uint8 images, a few random boxes each) with AdamW
 over the trainable parameters. Per variant it measures:
 
+* inference (measured first, see ``measure_variant``): eval mode under ``torch.no_grad()``, median
+  batch forward divided by the batch size;
 * train step: median over ``--iters`` timed steps (after ``--warmup``) of forward,
   ``sum(losses).backward()``, ``optimizer.step()`` and ``zero_grad``;
-* peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the steps; on CPU the child's
-  peak RSS (``ru_maxrss``). "Training memory" is the peak minus what was held just before the
-  first step (model, optimizer, inputs), so it includes the lazily created AdamW state;
-* inference: eval mode under ``torch.no_grad()``, median batch forward divided by the batch size;
+* peak memory: on CUDA ``torch.cuda.max_memory_allocated``, on CPU the child's peak RSS
+  (``ru_maxrss``), both read right after the steps. "Training memory" is the peak minus what was
+  held after setup (model, optimizer, inputs), so it includes the lazily created AdamW state;
 * decoder share d: a standalone forward + backward of the decoder (``--decoder-attr``) on inputs
   captured from a training forward, divided by the step time.
 
@@ -46,6 +47,9 @@ from sqr.config import LazyConfig, instantiate
 
 MB = 1024.0**2
 RATIO_KEYS = ("train_step_s", "peak_memory_mb", "train_memory_mb", "inference_s_per_img")
+# Everything a child needs to measure one variant exactly as the parent was asked to.
+CHILD_FLAGS = ("--config-file", "--batch-size", "--height", "--width", "--iters", "--warmup")
+CHILD_FLAGS += ("--threads", "--device", "--decoder-attr", "--seed")
 VARIANTS = {
     "baseline": ["model.recollection.mode=none"],
     "sqr": [],
@@ -112,8 +116,8 @@ def _peak_rss_bytes() -> int:
     return peak if platform.system() == "Darwin" else peak * 1024  # Linux reports KiB
 
 
-def _median_time(fn: Callable[[], None], iters: int, warmup: int, cuda: bool) -> float:
-    """Median seconds of ``fn`` over ``iters`` calls after ``warmup`` untimed ones."""
+def _timed(fn: Callable[[], None], iters: int, warmup: int, cuda: bool) -> list[float]:
+    """Seconds of each of ``iters`` calls of ``fn``, after ``warmup`` untimed ones."""
     times = []
     for i in range(warmup + iters):
         if cuda:  # kernels are asynchronous: wait for the previous work before starting the clock
@@ -124,7 +128,7 @@ def _median_time(fn: Callable[[], None], iters: int, warmup: int, cuda: bool) ->
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
 
 
 def _tensors(obj: Any) -> Iterator[torch.Tensor]:
@@ -140,7 +144,7 @@ def _tensors(obj: Any) -> Iterator[torch.Tensor]:
 
 
 def _fresh_leaf(x: Any) -> Any:
-    """A detached copy of a floating tensor that requires grad (so backward reaches the inputs,
+    """A detached view of a floating tensor, requiring grad (so backward reaches the inputs,
     as it does inside the full step); anything else unchanged."""
     if isinstance(x, torch.Tensor):
         return x.detach().requires_grad_(x.is_floating_point())
@@ -168,6 +172,19 @@ def measure_variant(args: argparse.Namespace) -> dict[str, Any]:
         x["image"] = x["image"].to(args.device)
         x["targets"] = {k: v.to(args.device) for k, v in x["targets"].items()}
 
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        setup = torch.cuda.memory_allocated()
+    else:
+        setup = _rss_bytes()
+    # Inference first, while every variant's process is in the same state (same weights, same
+    # heap): on CPU its time depends on what the allocator kept from earlier work (page faults),
+    # so measured after training it would differ between variants running the same eval forward.
+    model.eval()
+    with torch.no_grad():
+        infer_times = _timed(lambda: model(batch), args.iters, args.warmup, cuda)
+    model.train()
+
     captured: list[tuple[tuple, dict]] = []
 
     def capture(module: torch.nn.Module, a: tuple, kw: dict, output: Any) -> None:
@@ -185,15 +202,12 @@ def measure_variant(args: argparse.Namespace) -> dict[str, Any]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        setup = torch.cuda.memory_allocated()
-    else:
-        setup = _rss_bytes()
-    step_s = _median_time(train_step, args.iters, args.warmup, cuda)
-    # Read the peak now: the decoder and inference timings below must not count towards it.
+    step_times = _timed(train_step, args.iters, args.warmup, cuda)
+    # Read the peak now: the standalone decoder timing below must not count towards it.
     peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()
 
+    if not captured:
+        raise BenchmarkError(f"--decoder-attr {args.decoder_attr!r}: the forward never called it")
     dec_args, dec_kwargs = captured[0]
 
     def decoder_step() -> None:
@@ -203,14 +217,11 @@ def measure_variant(args: argparse.Namespace) -> dict[str, Any]:
         grads = [t.sum() for t in _tensors(out) if t.is_floating_point() and t.requires_grad]
         torch.stack(grads).sum().backward()
 
-    decoder_s = _median_time(decoder_step, args.iters, args.warmup, cuda)
+    decoder_times = _timed(decoder_step, args.iters, args.warmup, cuda)
     model.zero_grad(set_to_none=True)
 
-    model.eval()
-    with torch.no_grad():
-        infer_s = _median_time(lambda: model(batch), args.iters, args.warmup, cuda)
-
     schedule = getattr(model, "recollection", None)
+    step_s, decoder_s = statistics.median(step_times), statistics.median(decoder_times)
     return {
         "overrides": list(args.opts),
         "train_step_s": step_s,
@@ -218,7 +229,7 @@ def measure_variant(args: argparse.Namespace) -> dict[str, Any]:
         "setup_memory_mb": setup / MB,
         "train_memory_mb": (peak - setup) / MB,
         "memory_kind": "cuda_max_memory_allocated" if cuda else "peak_rss",
-        "inference_s_per_img": infer_s / args.batch_size,
+        "inference_s_per_img": statistics.median(infer_times) / args.batch_size,
         "decoder_s": decoder_s,
         "decoder_share": decoder_s / step_s,
         "recollection_mode": getattr(schedule, "mode", None),
@@ -226,17 +237,18 @@ def measure_variant(args: argparse.Namespace) -> dict[str, Any]:
         "num_stages": getattr(schedule, "num_stages", None),
         "threads": torch.get_num_threads(),
         "trainable_params": sum(p.numel() for p in params),
+        # Every timed iteration, to judge the noise behind the medians.
+        "train_step_times_s": step_times,
+        "decoder_times_s": decoder_times,
+        "inference_batch_times_s": infer_times,
     }
 
 
 def _child_argv(args: argparse.Namespace, out_path: str, overrides: Sequence[str]) -> list[str]:
     argv = [sys.executable, os.path.abspath(__file__), "--_child", out_path]
-    argv += ["--config-file", args.config_file, "--device", args.device, "--seed", str(args.seed)]
-    argv += ["--batch-size", str(args.batch_size), "--height", str(args.height)]
-    argv += ["--width", str(args.width), "--iters", str(args.iters), "--warmup", str(args.warmup)]
-    argv += ["--decoder-attr", args.decoder_attr]
-    if args.threads is not None:
-        argv += ["--threads", str(args.threads)]
+    for flag in CHILD_FLAGS:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        argv += [flag, str(value)] if value is not None else []
     return argv + list(overrides)
 
 
@@ -268,7 +280,7 @@ def validate(args: argparse.Namespace) -> dict[str, list[str]]:
     """
     for flag, value, low in (
         ("--batch-size", args.batch_size, 1),
-        ("--height", args.height, 32),
+        ("--height", args.height, 32),  # the usual backbone stride: at least one feature pixel
         ("--width", args.width, 32),
         ("--iters", args.iters, 1),
         ("--warmup", args.warmup, 0),
@@ -373,7 +385,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     if args._child is not None:
-        write_json_atomically(measure_variant(args), args._child)
+        try:
+            write_json_atomically(measure_variant(args), args._child)
+        except BenchmarkError as e:  # a known bad input: the message alone, not a traceback
+            print(e, file=sys.stderr)
+            return 2
         return 0
     try:
         variants = validate(args)
@@ -398,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rel = ratios(results)
     bound = step_bound(results)
     memory = "CUDA max_memory_allocated" if args.device == "cuda" else "peak RSS of each child"
-    print(f"\nmemory: {memory}; train mem = peak - memory held before the first step")
+    print(f"\nmemory: {memory}; train mem = peak - memory held after setup")
     print(format_table(results, rel))
     if bound is not None:
         sqr = results["sqr"]
@@ -409,21 +425,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{rel['sqr+ckpt']['train_step_s']:.2f}x"
         )
     if args.json:
-        settings = {
-            "config_file": args.config_file,
-            "overrides": list(args.opts),
-            "batch_size": args.batch_size,
-            "height": args.height,
-            "width": args.width,
-            "iters": args.iters,
-            "warmup": args.warmup,
-            "threads": args.threads,
-            "threads_used": next(iter(results.values()))["threads"],
-            "device": args.device,
-            "decoder_attr": args.decoder_attr,
-            "seed": args.seed,
-            "torch_version": torch.__version__,
-        }
+        settings = {k: v for k, v in vars(args).items() if k not in ("_child", "opts", "json")}
+        settings.update(overrides=list(args.opts), torch_version=torch.__version__)
+        settings["threads_used"] = next(iter(results.values()))["threads"]
         data = {"settings": settings, "variants": results, "ratios": rel, "step_bound": bound}
         write_json_atomically(data, args.json)
         print(f"wrote {args.json}")

@@ -1,0 +1,123 @@
+"""tools/benchmark.py: tiny DAB-DETR variants in child processes, JSON contents, input errors.
+
+No timing thresholds: only that the numbers exist, are consistent with each other, and that bad
+input fails with a message naming it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from helpers.tiny import TINY_DAB_DETR
+
+ROOT = Path(__file__).resolve().parents[2]
+SQR_CONFIG = str(ROOT / "projects/sqr/configs/sqr_dab_detr_r50_50ep.py")
+BASELINE_CONFIG = str(ROOT / "projects/sqr/configs/dab_detr_r50_50ep.py")
+SMALL = ["--batch-size", "1", "--height", "64", "--width", "64", "--iters", "2", "--warmup", "1"]
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    # tools/ is not a package: load the script from its path.
+    spec = importlib.util.spec_from_file_location(
+        "sqr_tools_benchmark", ROOT / "tools/benchmark.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_compare_sqr_writes_consistent_json(bench: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--config-file", SQR_CONFIG, "--compare-sqr", *SMALL, "--json", str(out)]
+    assert bench.main([*argv, *TINY_DAB_DETR]) == 0
+
+    data = json.loads(out.read_text())
+    variants = data["variants"]
+    assert list(variants) == ["baseline", "sqr", "sqr+ckpt"]
+    for name, result in variants.items():
+        assert result["train_step_s"] > 0, name
+        assert result["inference_s_per_img"] > 0, name
+        assert result["peak_memory_mb"] > 0, name
+        assert result["train_memory_mb"] > 0, name
+        assert result["peak_memory_mb"] == pytest.approx(
+            result["setup_memory_mb"] + result["train_memory_mb"]
+        )
+        assert 0 < result["decoder_share"] < 1, name
+        assert len(result["train_step_times_s"]) == 2
+        # The median of two timed steps is their mean.
+        assert result["train_step_s"] == pytest.approx(sum(result["train_step_times_s"]) / 2)
+        assert result["decoder_share"] == pytest.approx(
+            result["decoder_s"] / result["train_step_s"]
+        )
+    assert [variants[n]["num_groups"] for n in variants] == [6, 32, 32]
+    assert variants["baseline"]["recollection_mode"] == "none"
+    assert variants["sqr"]["recollection_mode"] == "selective"
+    assert variants["sqr+ckpt"]["overrides"][-1] == "model.decoder.checkpoint_recollected=True"
+
+    base = variants["baseline"]
+    assert set(data["ratios"]) == {"sqr", "sqr+ckpt"}
+    for name, ratios in data["ratios"].items():
+        for key in ("train_step_s", "peak_memory_mb", "train_memory_mb", "inference_s_per_img"):
+            assert ratios[key] == pytest.approx(variants[name][key] / base[key]), (name, key)
+    assert data["step_bound"] == pytest.approx(1 + (32 - 6) / 6 * base["decoder_share"])
+
+    settings = data["settings"]
+    picked = {k: settings[k] for k in ("batch_size", "height", "width", "compare_sqr")}
+    assert picked == {"batch_size": 1, "height": 64, "width": 64, "compare_sqr": True}
+    assert settings["device"] == "cpu"
+    assert settings["overrides"] == TINY_DAB_DETR
+    assert settings["torch_version"]
+
+
+@pytest.mark.slow
+def test_single_variant_has_no_ratios(bench: ModuleType, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "one.json"
+    argv = ["--config-file", BASELINE_CONFIG, *SMALL, "--threads", "1", "--json", str(out)]
+    assert bench.main([*argv, *TINY_DAB_DETR]) == 0
+    data = json.loads(out.read_text())
+    assert list(data["variants"]) == ["config"]
+    assert data["variants"]["config"]["threads"] == data["settings"]["threads_used"] == 1
+    assert data["ratios"] == {} and data["step_bound"] is None
+    assert "| config | 6 |" in capsys.readouterr().out
+
+
+def test_unknown_override_key_fails_naming_it(bench: ModuleType, capsys) -> None:
+    argv = ["--config-file", SQR_CONFIG, "--compare-sqr", *SMALL, "model.no_such_key=1"]
+    assert bench.main(argv) != 0
+    assert "model.no_such_key" in capsys.readouterr().err
+
+
+def test_missing_config_file_fails_naming_it(bench: ModuleType, tmp_path: Path, capsys) -> None:
+    missing = str(tmp_path / "nope.py")
+    assert bench.main(["--config-file", missing, *SMALL]) != 0
+    assert "nope.py" in capsys.readouterr().err
+
+
+def test_compare_sqr_rejects_a_baseline_config(bench: ModuleType, capsys) -> None:
+    assert bench.main(["--config-file", BASELINE_CONFIG, "--compare-sqr", *SMALL]) != 0
+    assert "mode='none'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--iters", "0"), ("--batch-size", "-1")])
+def test_bad_numbers_fail_naming_them(bench: ModuleType, capsys, flag: str, value: str) -> None:
+    assert bench.main(["--config-file", SQR_CONFIG, *SMALL, flag, value]) != 0
+    err = capsys.readouterr().err
+    assert flag in err and value in err
+
+
+def test_synthetic_boxes_are_valid_and_reproducible(bench: ModuleType) -> None:
+    batch = bench.synthetic_batch(3, 48, 80, num_classes=5, seed=1)
+    again = bench.synthetic_batch(3, 48, 80, num_classes=5, seed=1)
+    for x, y in zip(batch, again, strict=True):
+        assert x["image"].shape == (3, 48, 80) and x["image"].equal(y["image"])
+        boxes = x["targets"]["boxes"]
+        assert boxes.equal(y["targets"]["boxes"]) and 1 <= len(boxes) <= 4
+        assert (boxes[:, 2:] > boxes[:, :2]).all()
+        assert (boxes >= 0).all() and (boxes[:, 2] <= 80).all() and (boxes[:, 3] <= 48).all()
+        assert ((x["targets"]["labels"] >= 0) & (x["targets"]["labels"] < 5)).all()
