@@ -200,15 +200,21 @@ class LazyConfig:
             key = key.lstrip("+")
             if not add:
                 _check_key_exists(cfg, key)
-            OmegaConf.update(cfg, key, _parse_value(text), merge=True, force_add=add)
+            OmegaConf.update(cfg, key, _parse_value(text), merge=not add, force_add=add)
         return cfg
 
 
 def _parse_value(text: str) -> Any:
+    """A Python literal, else a list of such values for ``[a, b]``, else the string itself."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        return text
+        pass
+    stripped = text.strip()
+    if stripped.startswith("[") and stripped.endswith("]"):  # [res3, res4]: bare words
+        inner = stripped[1:-1].strip()
+        return [_parse_value(item.strip()) for item in inner.split(",")] if inner else []
+    return text
 
 
 def _check_key_exists(cfg: DictConfig, key: str) -> None:

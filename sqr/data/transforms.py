@@ -139,7 +139,7 @@ def detr_train_augmentation(
     min_sizes: Sequence[int] = tuple(range(480, 801, 32)),
     max_size: int = 1333,
     crop_resize_sizes: Sequence[int] = (400, 500, 600),
-    crop_size: tuple[int, int] = (384, 600),
+    crop_size: tuple[int, int] | None = (384, 600),
 ) -> v2.Transform:
     """DETR's training augmentation.
 
@@ -158,7 +158,8 @@ def detr_train_augmentation(
         min_sizes: Candidate shortest-edge sizes of the final image.
         max_size: Upper bound on the longest edge of the final image.
         crop_resize_sizes: Candidate shortest-edge sizes before cropping.
-        crop_size: ``(min, max)`` side length of the random crop.
+        crop_size: ``(min, max)`` side length of the random crop; None leaves out the crop
+            branch (flip and multi-scale resize only, a milder augmentation for small data).
 
     Returns:
         A v2 transform taking and returning a ``{"image", "boxes", "labels"}`` dict.
@@ -167,22 +168,26 @@ def detr_train_augmentation(
     crop_resize_sizes = _check_sizes("crop_resize_sizes", crop_resize_sizes)
     if max_size <= 0:
         raise ValueError(f"max_size must be positive, got {max_size}")
-    if len(crop_size) != 2:
-        raise ValueError(f"crop_size must be a (min, max) pair, got {crop_size!r}")
+    if crop_size is not None and len(crop_size) != 2:
+        raise ValueError(f"crop_size must be a (min, max) pair or None, got {crop_size!r}")
 
     multi_scale = ResizeShortestEdge(min_sizes, max_size=max_size)
-    resize_crop_resize = v2.Compose(
-        [
-            ResizeShortestEdge(crop_resize_sizes),
-            RandomSizeCrop(crop_size[0], crop_size[1]),
-            ResizeShortestEdge(min_sizes, max_size=max_size),
-        ]
-    )
+    if crop_size is None:
+        scale: v2.Transform = multi_scale
+    else:
+        resize_crop_resize = v2.Compose(
+            [
+                ResizeShortestEdge(crop_resize_sizes),
+                RandomSizeCrop(crop_size[0], crop_size[1]),
+                ResizeShortestEdge(min_sizes, max_size=max_size),
+            ]
+        )
+        # RandomChoice with two equally weighted options == DETR's RandomSelect(p=0.5).
+        scale = v2.RandomChoice([multi_scale, resize_crop_resize])
     return v2.Compose(
         [
             v2.RandomHorizontalFlip(p=0.5),
-            # RandomChoice with two equally weighted options == DETR's RandomSelect(p=0.5).
-            v2.RandomChoice([multi_scale, resize_crop_resize]),
+            scale,
             # Crop/resize kernels already clip, but a record box that pokes slightly outside the
             # image would otherwise be dropped entirely by SanitizeBoundingBoxes.
             v2.ClampBoundingBoxes(),

@@ -89,6 +89,7 @@ def test_overrides_parse_python_literals(config_tree: Path) -> None:
             "opt.momentum=[1, 2]",
             "+model.bias=False",
             "+train.device=cpu",
+            "+train.features=[res3, res4]",
         ],
     )
     assert cfg.train.max_iter == 7
@@ -96,6 +97,7 @@ def test_overrides_parse_python_literals(config_tree: Path) -> None:
     assert list(cfg.opt.momentum) == [1, 2]
     assert cfg.model.bias is False
     assert cfg.train.device == "cpu"  # not a literal: kept as a string
+    assert list(cfg.train.features) == ["res3", "res4"]  # a list of bare words
 
 
 def test_override_of_unknown_key_names_it(config_tree: Path) -> None:

@@ -194,3 +194,16 @@ def test_train_augmentation_rejects_bad_config(kwargs):
 def test_random_size_crop_rejects_bad_range():
     with pytest.raises(ValueError, match="min_size=50"):
         RandomSizeCrop(50, 20)
+
+
+def test_train_augmentation_without_crop_keeps_every_box():
+    # crop_size=None leaves flip + multi-scale resize only: nothing is cut away, so every box
+    # and label survives and the aspect ratio is kept (60x90 -> short side 30 or 40).
+    aug = detr_train_augmentation(min_sizes=[30, 40], max_size=1000, crop_size=None)
+    sample = make_sample(60, 90, [[0, 0, 10, 10], [80, 50, 90, 60]], [1, 2])
+    for seed in range(20):
+        torch.manual_seed(seed)
+        out = aug(sample)
+        h, w = out["image"].shape[-2:]
+        assert min(h, w) in (30, 40) and w * 60 == h * 90
+        assert out["labels"].tolist() == [1, 2]

@@ -168,7 +168,8 @@ class DABDETR(nn.Module):
         Args:
             logits: Tensor[B, Q, K]; boxes: Tensor[B, Q, 4] normalised cxcywh.
         """
-        scores, index = logits.sigmoid().flatten(1).topk(self.select_box_nums_for_evaluation, 1)
+        scores = logits.sigmoid().flatten(1)
+        scores, index = scores.topk(min(self.select_box_nums_for_evaluation, scores.shape[1]), 1)
         labels = index % self.num_classes
         chosen = torch.gather(boxes, 1, (index // self.num_classes).unsqueeze(-1).expand(-1, -1, 4))
         results = []

@@ -33,8 +33,18 @@ model.select_box_nums_for_evaluation = 20
 model.num_classes = 4  # circle, square, triangle, cross
 model.recollection.mode = "selective"
 
-optimizer.lr = 5e-4
-optimizer.params.lr_factors = {}  # no pretrained backbone to protect
+# Small images and a milder augmentation (flip + multi-scale, no crop): the toy dataset has only
+# 512 training images and the whole run has a few minutes.
+dataloader.train.total_batch_size = 4
+dataloader.train.mapper.augmentation.min_sizes = [96, 112, 128]
+dataloader.train.mapper.augmentation.max_size = 160
+dataloader.train.mapper.augmentation.crop_size = None
+dataloader.test.mapper.augmentation.short_size = 112
+dataloader.test.mapper.augmentation.max_size = 160
+
+optimizer.lr = 2e-4
+# The backbone starts from random weights: it gets a larger learning rate, not detrex's x0.1.
+optimizer.params.lr_factors = {"backbone": 5.0}
 
 train.output_dir = "./output/quickstart/sqr_dab_detr_synthetic"
 train.max_iter = 1500
