@@ -15,7 +15,7 @@ model = L(DABDETR)(
     position_embedding=L(PositionEmbeddingSine)(num_feats=128, temperature=20, normalize=True),
     encoder=L(DabDetrEncoder)(
         num_layers=6,
-        embed_dim=256,
+        embed_dim="${..embed_dim}",
         num_heads=8,
         feedforward_dim=2048,
         dropout=0.0,
@@ -23,7 +23,7 @@ model = L(DABDETR)(
     ),
     decoder=L(DabDetrDecoder)(
         num_layers=6,
-        embed_dim=256,
+        embed_dim="${..embed_dim}",
         num_heads=8,
         feedforward_dim=2048,
         dropout=0.0,

@@ -19,13 +19,11 @@ model.backbone.freeze_at = 0
 model.in_feature = "res4"
 model.in_channels = 256
 # A narrow transformer; the decoder keeps its 6 stages so that recollection has depth.
-model.embed_dim = 64
+model.embed_dim = 64  # the encoder and decoder follow
 model.position_embedding.num_feats = 32
 model.encoder.num_layers = 2
-model.encoder.embed_dim = 64
 model.encoder.num_heads = 4
 model.encoder.feedforward_dim = 128
-model.decoder.embed_dim = 64
 model.decoder.num_heads = 4
 model.decoder.feedforward_dim = 128
 model.num_queries = 20  # at most 8 objects per image
