@@ -272,17 +272,23 @@ class DabDetrDecoder(nn.Module):
         if not (self.checkpoint_recollected and self.training and groups > 1):
             return self.decode_stage(stage, content, reference, memory_kv, groups)
         # Recollected groups (all but the last, which is the plain chain) are recomputed in
-        # backward instead of keeping their activations; self-attention is per group, so
-        # splitting them off changes nothing.
-        split = (groups - 1) * num_queries
-        recollected = checkpoint(
-            self.decode_stage,
-            stage,
-            content[:, :split],
-            reference[:, :split],
-            memory_kv,
-            groups - 1,
-            use_reentrant=False,
+        # backward instead of keeping their activations, one group at a time so that the
+        # recomputation itself never holds more than one group's activations. Self-attention is
+        # per group, so splitting them off changes nothing.
+        outputs = [
+            checkpoint(
+                self.decode_stage,
+                stage,
+                content[:, start : start + num_queries],
+                reference[:, start : start + num_queries],
+                memory_kv,
+                1,
+                use_reentrant=False,
+            )
+            for start in range(0, (groups - 1) * num_queries, num_queries)
+        ]
+        chain = slice((groups - 1) * num_queries, None)
+        outputs.append(
+            self.decode_stage(stage, content[:, chain], reference[:, chain], memory_kv, 1)
         )
-        chain = self.decode_stage(stage, content[:, split:], reference[:, split:], memory_kv, 1)
-        return torch.cat([recollected, chain], dim=1)
+        return torch.cat(outputs, dim=1)
