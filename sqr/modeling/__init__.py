@@ -1,0 +1,1 @@
+"""Models: the SQR schedule, matcher and criterion, backbones, converters, detectors."""
