@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _sqr_logs_reach_caplog():
+    """End-to-end tests run ``setup_logger``, which stops ``sqr`` records at the ``sqr`` logger
+    (as detectron2 does); let them propagate again so that later tests' ``caplog`` sees them."""
+    logger = logging.getLogger("sqr")
+    logger.propagate = True
+    yield
+    logger.propagate = True
 
 
 @pytest.fixture(scope="session")
