@@ -51,6 +51,7 @@ setup(
         "tqdm>=4.60",
         "pyyaml>=6.0",
         "tabulate>=0.9",
+        "matplotlib>=3.6",  # figures of tools/analyze_stages.py, visualize.py, plot_metrics.py
     ],
     extras_require={
         "dev": ["pytest>=7.0", "pytest-timeout>=2.1", "tensorboard>=2.10", "ruff>=0.5"],

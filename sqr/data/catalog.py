@@ -8,7 +8,7 @@ Built-in names:
 
 * ``coco_2017_train`` / ``coco_2017_val``: COCO 2017 under ``datasets_root()/coco``.
 * ``synthetic_shapes_train`` / ``synthetic_shapes_val``: the synthetic shapes dataset
-  under ``datasets_root()/synthetic_shapes``, generated on first use.
+  under ``datasets_root()/synthetic_shapes_v2``, generated on first use.
 """
 
 from __future__ import annotations
@@ -156,9 +156,9 @@ def _coco_resolver(split: str) -> Callable[[], tuple[str, str]]:
 def _synthetic_resolver(split: str) -> Callable[[], tuple[str, str]]:
     def resolve() -> tuple[str, str]:
         # Imported lazily: generation pulls in PIL drawing code that loading COCO never needs.
-        from sqr.data.synthetic import ensure_synthetic_shapes
+        from sqr.data import synthetic
 
-        root = ensure_synthetic_shapes(datasets_root() / "synthetic_shapes")
+        root = synthetic.ensure_synthetic_shapes(datasets_root() / synthetic.DIRNAME)
         return str(root / "annotations" / f"{split}.json"), str(root / split)
 
     return resolve

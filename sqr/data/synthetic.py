@@ -1,8 +1,11 @@
 """A small, deterministic synthetic detection dataset ("synthetic shapes").
 
-Each image shows 0..8 filled shapes (circle, square, triangle, cross) on a textured
-background. The dataset is written in COCO format so that every code path (json loading,
-evaluation with pycocotools) is exercised exactly as with real COCO::
+Each image shows 0..8 filled shapes (circle, square, triangle, cross) on a textured grey
+background. Every class has its own colour family (reds, greens, blues, yellows) as well as its
+shape, so a detector trained from scratch on a CPU learns to tell the classes apart within
+minutes; the work left is finding and boxing the objects, which is what the decoder stages do.
+The dataset is written in COCO format so that every code path (json loading, evaluation with
+pycocotools) is exercised exactly as with real COCO::
 
     root/
         train/000000.png ...
@@ -33,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CLASSES",
+    "DIRNAME",
     "DEFAULT_NUM_TRAIN",
     "DEFAULT_NUM_VAL",
     "ensure_synthetic_shapes",
@@ -40,6 +44,9 @@ __all__ = [
 ]
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
+#: Directory name under the datasets root. The suffix changes whenever the generator's output
+#: does, so that a copy written by an older version is never taken for the current one.
+DIRNAME = "synthetic_shapes_v2"
 DEFAULT_NUM_TRAIN = 512
 DEFAULT_NUM_VAL = 64
 DEFAULT_MIN_SIZE = 112
@@ -53,8 +60,16 @@ _MIN_REL_SIZE, _MAX_REL_SIZE = 0.12, 0.6
 # stays mostly visible even though later shapes are painted over earlier ones.
 _MAX_OVERLAP = 0.2
 _PLACEMENT_TRIES = 30
-# Minimum mean absolute RGB difference between an object and the background under it.
-_MIN_CONTRAST = 90.0
+# RGB range (low, high) of each class's colour family, in CLASSES order.
+_CLASS_COLOURS: tuple[tuple[tuple[int, int, int], tuple[int, int, int]], ...] = (
+    ((200, 0, 0), (255, 70, 70)),  # circle: reds
+    ((0, 170, 0), (70, 255, 70)),  # square: greens
+    ((0, 0, 190), (70, 90, 255)),  # triangle: blues
+    ((210, 190, 0), (255, 255, 50)),  # cross: yellows
+)
+# How much of its colour a background keeps (0 = pure grey): low, so that no background
+# takes on a class colour.
+_BACKGROUND_SATURATION = 0.15
 _TMP_PREFIX = ".tmp-synthetic-"
 _SPLIT_SEED_OFFSET = {"train": 0, "val": 1}
 
@@ -68,7 +83,7 @@ def _is_complete(root: Path) -> bool:
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Textured background: a colour gradient, optional stripes and pixel noise.
+    """Textured, nearly grey background: a gradient, optional stripes and pixel noise.
 
     Returns:
         uint8 array of shape (height, width, 3).
@@ -88,18 +103,15 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
         stripes = (np.floor(phase) % 2)[..., None]
         img = img + stripes * rng.uniform(-30, 30, size=3).astype(np.float32)
     img = img + rng.normal(0, rng.uniform(3, 12), size=img.shape).astype(np.float32)
+    grey = img.mean(axis=2, keepdims=True)
+    img = grey + _BACKGROUND_SATURATION * (img - grey)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> tuple[int, int, int]:
-    """A random colour that differs clearly from the mean colour ``under`` (shape (3,))."""
-    for _ in range(20):
-        colour = rng.integers(0, 256, size=3)
-        if np.abs(colour - under).mean() >= _MIN_CONTRAST:
-            return tuple(int(c) for c in colour)
-    # Fall back to the colour "opposite" the background: always far enough away because
-    # backgrounds stay in the mid range.
-    return tuple(int(c) for c in np.where(under > 127, 0, 255))
+def _class_colour(rng: np.random.Generator, cls_idx: int) -> tuple[int, int, int]:
+    """A random colour from the colour family of class ``cls_idx``."""
+    low, high = _CLASS_COLOURS[cls_idx]
+    return tuple(int(rng.integers(lo, hi + 1)) for lo, hi in zip(low, high, strict=True))
 
 
 def _shape_mask(
@@ -173,8 +185,7 @@ def _make_image(
         tight = mask.getbbox()
         if tight is None:  # cannot happen for s >= 12 px, but never emit empty boxes
             continue
-        under = bg[box[1] : box[3], box[0] : box[2]].reshape(-1, 3).mean(axis=0)
-        img.paste(_contrasting_colour(rng, under), (0, 0), mask)
+        img.paste(_class_colour(rng, cls_idx), (0, 0), mask)
         placed.append(box)
         tx0, ty0, tx1, ty1 = tight
         objects.append((cls_idx, [tx0, ty0, tx1 - tx0, ty1 - ty0]))

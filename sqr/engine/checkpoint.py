@@ -101,6 +101,9 @@ def load_checkpoint_file(filename: str) -> dict[str, Any]:
         ) from e
     if not isinstance(data, dict):
         raise ValueError(f"{filename}: expected a dict, got {type(data).__name__}")
+    if "model" not in data and isinstance(data.get("state_dict"), dict):
+        # mmdet/mmcv: {"meta", "state_dict", "optimizer"}; only the weights carry over.
+        return {"model": data["state_dict"]}
     if not any(isinstance(v, dict) for v in data.values()):
         data = {"model": data}  # a bare state_dict
     return data

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.tiny import TINY_DAB_DETR
+from helpers.tiny import TINY_ADAMIXER, TINY_DAB_DETR, TINY_DEFORMABLE_DETR
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sqr.config import LazyConfig, instantiate, locate
@@ -24,6 +24,18 @@ TINY_OVERRIDES: dict[str, list[str]] = {
     "projects/sqr/configs/models/dab_detr_r50.py": TINY_DAB_DETR,
     "projects/sqr/configs/dab_detr_r50_50ep.py": TINY_DAB_DETR,
     "projects/sqr/configs/sqr_dab_detr_r50_50ep.py": TINY_DAB_DETR,
+    "projects/sqr/configs/models/deformable_detr_r50.py": TINY_DEFORMABLE_DETR,
+    **{
+        f"projects/sqr/configs/{prefix}deformable_detr_{variant}r50_50ep.py": TINY_DEFORMABLE_DETR
+        for prefix in ("", "sqr_")
+        for variant in ("", "refine_", "two_stage_")
+    },
+    "projects/sqr/configs/models/adamixer_r50.py": TINY_ADAMIXER,
+    **{
+        f"projects/sqr/configs/{prefix}adamixer_{recipe}.py": TINY_ADAMIXER
+        for prefix in ("", "sqr_")
+        for recipe in ("r50_1x", "r101_7stage_300q_3x")
+    },
 }
 
 

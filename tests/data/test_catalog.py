@@ -119,7 +119,7 @@ def test_synthetic_builtin_generates_on_first_use(
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
     records, metadata = load_dataset("synthetic_shapes_val")
     assert len(records) == 3
-    assert (tmp_path / "synthetic_shapes" / "annotations" / "train.json").is_file()
-    assert metadata.json_file == str(tmp_path / "synthetic_shapes" / "annotations" / "val.json")
+    assert (tmp_path / synthetic.DIRNAME / "annotations" / "train.json").is_file()
+    assert metadata.json_file == str(tmp_path / synthetic.DIRNAME / "annotations" / "val.json")
     load_dataset("synthetic_shapes_train")
     assert len(calls) == 1  # generated once, then reused

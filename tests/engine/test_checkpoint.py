@@ -146,3 +146,13 @@ def test_detectron2_backbone_pkl_is_converted_on_load(tmp_path: Path) -> None:
     assert len(report.matched) == len(ours)
     loaded = model.backbone.layer2[0].downsample[1].weight  # shortcut.norm in detectron2's names
     assert torch.equal(loaded, ours["layer2.0.downsample.1.weight"] + 1)
+
+
+def test_mmdet_checkpoint_loads_its_state_dict(tmp_path) -> None:
+    # mmcv saves {"meta", "state_dict", "optimizer"}: the weights are under "state_dict".
+    weights = {"backbone.conv1.weight": torch.ones(2, 3, 1, 1)}
+    path = tmp_path / "mmdet.pth"
+    torch.save({"meta": {"epoch": 12}, "state_dict": weights, "optimizer": {}}, path)
+    data = load_checkpoint_file(str(path))
+    assert list(data) == ["model"]
+    assert torch.equal(data["model"]["backbone.conv1.weight"], weights["backbone.conv1.weight"])

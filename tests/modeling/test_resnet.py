@@ -8,6 +8,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from sqr.modeling.backbone import ResNet
+from sqr.modeling.backbone.resnet import FrozenStatsBatchNorm2d
 
 ALL = ("res2", "res3", "res4", "res5")
 
@@ -123,3 +124,26 @@ def test_bare_string_out_features_rejected() -> None:
 def test_bad_input_shape_is_named() -> None:
     with pytest.raises(ValueError, match=r"\(1, 1, 32, 32\)"):
         ResNet(depth=18)(torch.zeros(1, 1, 32, 32))
+
+
+def test_frozen_stats_bn_trains_affine_but_keeps_statistics() -> None:
+    # mmdet's norm_eval=True with requires_grad=True: running statistics never move, even in
+    # training mode, while weight and bias get gradients.
+    model = ResNet(depth=18, out_features=["res3"], freeze_at=2, norm="FrozenStatsBN").train()
+    bn = model.layer2[0].bn1
+    assert isinstance(bn, FrozenStatsBatchNorm2d)
+    assert isinstance(model.layer1[0].bn1, FrozenBatchNorm2d)  # frozen stage: fully frozen
+    before = bn.running_mean.clone(), bn.running_var.clone()
+    out = model(torch.randn(2, 3, 64, 64) * 5 + 3)["res3"]
+    out.sum().backward()
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
+    assert bn.weight.grad is not None and bn.weight.grad.abs().sum() > 0
+    # Training and evaluation normalise identically.
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.equal(model.train()(x)["res3"], model.eval()(x)["res3"])
+    state = model.state_dict()
+    assert "layer2.0.bn1.running_mean" in state
+    assert not any(k.endswith("num_batches_tracked") for k in state)
+    # A checkpoint written with plain BatchNorm (mmdet, torchvision) loads strictly.
+    state["layer2.0.bn1.num_batches_tracked"] = torch.tensor(7)
+    model.load_state_dict(state)

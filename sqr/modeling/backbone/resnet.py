@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.models.resnet import ResNet as TorchvisionResNet
 from torchvision.ops import FrozenBatchNorm2d
 
-__all__ = ["STAGE_NAMES", "ResNet"]
+__all__ = ["STAGE_NAMES", "FrozenStatsBatchNorm2d", "ResNet"]
 
 #: detectron2 names of the four residual stages, lowest resolution last.
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
@@ -31,12 +32,36 @@ _ARCH: dict[int, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
     101: (Bottleneck, (3, 4, 23, 3)),
     152: (Bottleneck, (3, 8, 36, 3)),
 }
-_NORMS = ("FrozenBN", "BN")
+_NORMS = ("FrozenBN", "FrozenStatsBN", "BN")
 
 
 def _frozen_bn(num_features: int) -> FrozenBatchNorm2d:
     # detectron2's FrozenBatchNorm2d uses eps=1e-5; pin it rather than rely on a default.
     return FrozenBatchNorm2d(num_features, eps=1e-5)
+
+
+class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm that always normalises with its running statistics but trains its affine
+    parameters: mmdet's ``norm_eval=True`` with ``requires_grad=True`` (AdaMixer's backbone).
+
+    The statistics stay frozen in training mode too (mmdet switches the layers to eval in
+    ``train()``). Frozen statistics make ``num_batches_tracked`` meaningless, so the layer has
+    none, like ``FrozenBatchNorm2d``, and ignores one found in a checkpoint.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__(num_features, eps=eps)
+        self.register_buffer("num_batches_tracked", None)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        # nn.BatchNorm2d would put the counter back into an unversioned state_dict.
+        nn.Module._load_from_state_dict(self, state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
 
 
 def _freeze_module(module: nn.Module) -> nn.Module:
@@ -81,7 +106,9 @@ class ResNet(nn.Module):
             ``requires_grad=False`` and, with ``norm="BN"``, frozen BatchNorm layers become
             ``FrozenBatchNorm2d`` (their ``num_batches_tracked`` buffer then disappears).
         norm: ``"FrozenBN"`` (``torchvision.ops.FrozenBatchNorm2d``, eps 1e-5; the usual choice
-            for detection with small per-GPU batches) or ``"BN"`` (``nn.BatchNorm2d``).
+            for detection with small per-GPU batches), ``"FrozenStatsBN"``
+            (:class:`FrozenStatsBatchNorm2d`: frozen statistics, trained affine parameters, as
+            mmdet's ``norm_eval=True``) or ``"BN"`` (``nn.BatchNorm2d``).
     """
 
     def __init__(
@@ -115,7 +142,11 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet norm={norm!r} is not supported; use one of {_NORMS}")
 
         block, layers = _ARCH[depth]
-        norm_layer = _frozen_bn if norm == "FrozenBN" else nn.BatchNorm2d
+        norm_layer = {
+            "FrozenBN": _frozen_bn,
+            "FrozenStatsBN": FrozenStatsBatchNorm2d,
+            "BN": nn.BatchNorm2d,
+        }[norm]
         body = TorchvisionResNet(block, list(layers), norm_layer=norm_layer)
 
         self.depth = depth

@@ -11,6 +11,13 @@ from typing import Any
 
 from .detectron2 import ConversionError, convert_detectron2_resnet
 from .detrex import convert_detrex_dab_detr
+from .mmdet_adamixer import convert_mmdet_adamixer
+from .mmdet_deformable import (
+    convert_mmdet_deformable_detr,
+    convert_mmdet_deformable_detr_refine,
+    convert_torchvision_resnet,
+    mmdet_deformable_format,
+)
 
 __all__ = [
     "CONVERTERS",
@@ -19,12 +26,20 @@ __all__ = [
     "detect_format",
     "convert_detectron2_resnet",
     "convert_detrex_dab_detr",
+    "convert_mmdet_adamixer",
+    "convert_mmdet_deformable_detr",
+    "convert_mmdet_deformable_detr_refine",
+    "convert_torchvision_resnet",
 ]
 
 #: Format name -> converter; the names accepted by ``tools/convert_checkpoint.py --format``.
 CONVERTERS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "detectron2_resnet": convert_detectron2_resnet,
     "detrex_dab_detr": convert_detrex_dab_detr,
+    "mmdet_adamixer": convert_mmdet_adamixer,
+    "mmdet_deformable_detr": convert_mmdet_deformable_detr,
+    "mmdet_deformable_detr_refine": convert_mmdet_deformable_detr_refine,
+    "torchvision_resnet": convert_torchvision_resnet,
 }
 
 
@@ -57,8 +72,12 @@ def detect_format(state: Mapping[str, Any]) -> str | None:
 
     Returns:
         ``"detrex_dab_detr"`` when keys start with ``transformer.``; ``"detectron2_resnet"`` when
-        they start with ``stem.``/``res2.`` (optionally under ``backbone.``); None otherwise
-        (sqr's own names).
+        they start with ``stem.``/``res2.`` (optionally under ``backbone.``);
+        ``"mmdet_deformable_detr"`` / ``"mmdet_deformable_detr_refine"`` for keys under
+        ``bbox_head.transformer.`` (see :func:`mmdet_deformable_format`); ``"mmdet_adamixer"``
+        for keys under ``roi_head.`` or ``rpn_head.`` (mmdet's AdaMixer);
+        ``"torchvision_resnet"`` for a bare torchvision classifier (``conv1.weight`` and
+        ``fc.weight``; sqr's ResNet has no ``fc``); None otherwise (sqr's own names).
 
     Raises:
         ValueError: the keys match several formats.
@@ -68,6 +87,12 @@ def detect_format(state: Mapping[str, Any]) -> str | None:
         found.append("detrex_dab_detr")
     elif any(key.removeprefix("backbone.").startswith(("stem.", "res2.")) for key in state):
         found.append("detectron2_resnet")
+    if any(key.startswith("bbox_head.transformer.") for key in state):
+        found.append(mmdet_deformable_format(state))
+    if any(key.startswith(("roi_head.", "rpn_head.")) for key in state):
+        found.append("mmdet_adamixer")
+    if "conv1.weight" in state and "fc.weight" in state:
+        found.append("torchvision_resnet")
     if len(found) > 1:
         raise ValueError(f"checkpoint keys match several formats: {', '.join(found)}")
     return found[0] if found else None

@@ -1,6 +1,24 @@
 """Detectors."""
 
+from .adamixer import AdaMixer, InitialQueryGenerator
+from .adamixer_decoder import AdaMixerDecoder, AdaMixerStage
 from .dab_detr import DABDETR
 from .dab_transformer import DabDetrDecoder, DabDetrEncoder
+from .deformable_detr import DeformableDETR
+from .deformable_encoder import DeformableDetrEncoder
+from .deformable_neck import ChannelMapper
+from .deformable_transformer import DeformableDetrDecoder
 
-__all__ = ["DABDETR", "DabDetrDecoder", "DabDetrEncoder"]
+__all__ = [
+    "AdaMixer",
+    "AdaMixerDecoder",
+    "AdaMixerStage",
+    "DABDETR",
+    "ChannelMapper",
+    "DabDetrDecoder",
+    "DabDetrEncoder",
+    "DeformableDETR",
+    "DeformableDetrDecoder",
+    "DeformableDetrEncoder",
+    "InitialQueryGenerator",
+]

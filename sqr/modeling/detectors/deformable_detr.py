@@ -1,0 +1,298 @@
+"""Deformable-DETR (Zhu et al., ICLR 2021) with Selective Query Recollection in training.
+
+Reproduces the SQR recipe's mmdet 2.12 Deformable-DETR (REFERENCE 2.1; ``DeformableDETRHead`` and
+``DeformableDetrTransformer`` of Fangyi-Chen/SQR at b576a6e): C3-C5 plus a stride-64 level, sine
+positions with offset -0.5 plus level embeddings, 300 queries from ``Embedding(300, 512)``
+split into position and content, 2-d reference points, shared heads, top-100 inference over
+all query-class scores. The padding mask is used in training and evaluation alike (mmdet builds
+it from ``img_shape`` in both), and inference keeps every top-k box (no empty-box filter).
+
+Variants (typed flags): ``with_box_refine`` gives every decoder layer its own heads and refines
+the references layer by layer; ``as_two_stage`` (which needs ``with_box_refine``, as in the
+reference implementations) takes the initial boxes and queries from encoder proposals.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sqr.data.batching import batch_images
+from sqr.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+from sqr.layers.mlp import MLP
+from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention
+from sqr.modeling.criterion import LOSS_NAMES, SetCriterion
+from sqr.modeling.recollection import RecollectionSchedule
+
+from .deformable_encoder import DeformableDetrEncoder, TwoStageProposals, valid_ratios
+from .deformable_neck import ChannelMapper
+from .deformable_transformer import DeformableDetrDecoder, refine_boxes
+
+
+class DeformableDETR(nn.Module):
+    """Deformable-DETR whose decoder follows a recollection schedule when training.
+
+    Args:
+        backbone: returns a dict of feature maps containing ``in_features``.
+        in_features: backbone levels fed to the neck, finest first (res3, res4, res5).
+        neck: maps them to ``embed_dim`` channels and adds the extra levels.
+        position_embedding: maps a padding mask [B, H, W] to [B, embed_dim, H, W].
+        encoder: the deformable encoder.
+        decoder: the deformable decoder.
+        criterion: the set criterion (matching and losses).
+        recollection: the training schedule; evaluation always runs the plain decoder.
+        num_classes: object classes.
+        num_queries: decoder queries (two-stage: proposals kept).
+        embed_dim: transformer channels.
+        with_box_refine: per-layer heads and iterative reference refinement.
+        as_two_stage: initial boxes and queries from encoder proposals (needs refinement).
+        pixel_mean, pixel_std: RGB normalisation (0-255 scale).
+        select_box_nums_for_evaluation: detections kept per image (top-k over Q x K scores).
+        inverse_sigmoid_eps: clamp of the logit used to refine boxes (mmdet: 1e-5).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        in_features: Sequence[str] = ("res3", "res4", "res5"),
+        neck: ChannelMapper,
+        position_embedding: nn.Module,
+        encoder: DeformableDetrEncoder,
+        decoder: DeformableDetrDecoder,
+        criterion: SetCriterion,
+        recollection: RecollectionSchedule,
+        num_classes: int = 80,
+        num_queries: int = 300,
+        embed_dim: int = 256,
+        with_box_refine: bool = False,
+        as_two_stage: bool = False,
+        pixel_mean: Sequence[float] = (123.675, 116.28, 103.53),
+        pixel_std: Sequence[float] = (58.395, 57.12, 57.375),
+        select_box_nums_for_evaluation: int = 100,
+        inverse_sigmoid_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if recollection.num_stages != decoder.num_layers:
+            raise ValueError(
+                f"recollection schedule has {recollection.num_stages} stages but the decoder has "
+                f"{decoder.num_layers} layers"
+            )
+        if as_two_stage and not with_box_refine:
+            raise ValueError(
+                "as_two_stage=True needs with_box_refine=True: the proposals use an extra "
+                "per-layer head, as in the reference implementations"
+            )
+        levels = {"neck": neck.num_levels, "encoder": encoder.num_levels}
+        levels["decoder"] = decoder.num_levels
+        if len(set(levels.values())) != 1:
+            raise ValueError(f"feature level counts disagree: {levels}")
+        self.backbone = backbone
+        self.in_features = tuple(in_features)
+        self.neck = neck
+        self.position_embedding = position_embedding
+        self.level_embeds = nn.Parameter(torch.empty(neck.num_levels, embed_dim))
+        self.encoder = encoder
+        self.decoder = decoder
+        if as_two_stage:
+            self.proposals = TwoStageProposals(embed_dim)
+        else:
+            self.query_embedding = nn.Embedding(num_queries, 2 * embed_dim)
+            self.reference_points = nn.Linear(embed_dim, 2)
+        if with_box_refine:  # one head per layer, plus one for the proposals in two-stage
+            num_heads = decoder.num_layers + int(as_two_stage)
+            self.class_embed = nn.ModuleList(
+                nn.Linear(embed_dim, num_classes) for _ in range(num_heads)
+            )
+            self.bbox_embed = nn.ModuleList(
+                MLP(embed_dim, embed_dim, 4, 3) for _ in range(num_heads)
+            )
+        else:  # one head shared by every layer
+            self.class_embed = nn.Linear(embed_dim, num_classes)
+            self.bbox_embed = MLP(embed_dim, embed_dim, 4, 3)
+        self.criterion = criterion
+        self.recollection = recollection
+        self.plain_schedule = RecollectionSchedule(decoder.num_layers, mode="none")
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.embed_dim = embed_dim
+        self.with_box_refine = with_box_refine
+        self.as_two_stage = as_two_stage
+        self.select_box_nums_for_evaluation = select_box_nums_for_evaluation
+        self.eps = inverse_sigmoid_eps
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), False)
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        # mmdet: xavier on every matrix of the transformer, then MSDA's own init; reference
+        # points xavier with zero bias; level embeddings N(0, 1); class prior 0.01; zero last
+        # box layer, whose w, h bias starts at -2 in the first head (0 in two-stage).
+        transformer = [self.encoder, self.decoder]
+        transformer.append(self.proposals if self.as_two_stage else self.reference_points)
+        for module in transformer:
+            for p in module.parameters():
+                if p.dim() > 1:
+                    nn.init.xavier_uniform_(p)
+        for module in self.modules():
+            if isinstance(module, MultiScaleDeformableAttention):
+                module.reset_parameters()
+        if not self.as_two_stage:
+            nn.init.zeros_(self.reference_points.bias)
+        nn.init.normal_(self.level_embeds)
+        class_heads = self.class_embed if self.with_box_refine else [self.class_embed]
+        box_heads = self.bbox_embed if self.with_box_refine else [self.bbox_embed]
+        for head in class_heads:
+            nn.init.constant_(head.bias, -math.log((1 - 0.01) / 0.01))
+        for head in box_heads:
+            nn.init.zeros_(head.layers[-1].weight)
+            nn.init.zeros_(head.layers[-1].bias)
+        if not self.as_two_stage:
+            nn.init.constant_(box_heads[0].layers[-1].bias[2:], -2.0)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def forward(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor] | list[dict]:
+        """
+        Args:
+            batched_inputs: one dict per image: "image" uint8 [3, H, W], "height", "width",
+                and in training "targets" ({"boxes": [N, 4] absolute xyxy, "labels": [N]}).
+
+        Returns:
+            Training: weighted losses per stage (``loss_class_s0`` ... ``loss_giou_s5``), plus
+            ``loss_{class,bbox,giou}_enc`` for the two-stage proposals.
+            Evaluation: per image {"boxes" [k, 4] xyxy in height x width, "scores", "labels"}.
+        """
+        if self.training and any("targets" not in x for x in batched_inputs):
+            raise ValueError("DeformableDETR in training mode needs 'targets' in every input dict")
+        logits, boxes, schedule, enc_outputs = self._decode(batched_inputs)
+        if not self.training:
+            return self.inference(logits[-1], boxes[-1], batched_inputs)
+        targets = [self._normalised_targets(x) for x in batched_inputs]
+        losses = self.criterion(logits, boxes, targets, schedule.group_stage)
+        if enc_outputs is not None:  # class-agnostic matching of every encoder token
+            binary = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
+            enc = self.criterion(enc_outputs[0][None], enc_outputs[1][None], binary, [0])
+            losses.update({f"{name}_enc": enc[f"{name}_s0"] for name in LOSS_NAMES})
+        return losses
+
+    def predict(
+        self, batched_inputs: list[dict]
+    ) -> tuple[torch.Tensor, torch.Tensor, RecollectionSchedule]:
+        """Class logits [G, B, Q, K] and boxes [G, B, Q, 4] (normalised cxcywh) of every
+        decoded group, with the schedule that produced them (plain in evaluation: one group
+        per stage, the last being the final prediction)."""
+        logits, boxes, schedule, _ = self._decode(batched_inputs)
+        return logits, boxes, schedule
+
+    def _decode(
+        self, batched_inputs: list[dict]
+    ) -> tuple[torch.Tensor, torch.Tensor, RecollectionSchedule, tuple | None]:
+        """:meth:`predict`'s outputs plus, in two-stage, the encoder proposals' logits
+        [B, S, K] and boxes [B, S, 4] (else None)."""
+        images = [
+            (x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std
+            for x in batched_inputs
+        ]
+        tensor, padding = batch_images(images)
+        features = self.backbone(tensor)
+        levels = self.neck([features[name] for name in self.in_features])
+        masks = [F.interpolate(padding[None].float(), size=x.shape[-2:])[0].bool() for x in levels]
+        spatial_shapes = [(x.shape[-2], x.shape[-1]) for x in levels]
+        memory = torch.cat([x.flatten(2).transpose(1, 2) for x in levels], 1)
+        pos = torch.cat(
+            [
+                self.position_embedding(mask).flatten(2).transpose(1, 2) + self.level_embeds[i]
+                for i, mask in enumerate(masks)
+            ],
+            1,
+        )
+        padding_mask = torch.cat([mask.flatten(1) for mask in masks], 1)
+        ratios = torch.stack([valid_ratios(mask) for mask in masks], 1)
+        memory = self.encoder(memory, pos, padding_mask, spatial_shapes, ratios)
+
+        enc_outputs = None
+        if self.as_two_stage:
+            *enc_outputs, content, query_pos, reference = self.proposals(
+                memory,
+                padding_mask,
+                spatial_shapes,
+                self.class_embed[-1],
+                self.bbox_embed[-1],
+                self.num_queries,
+            )
+        else:
+            query_pos, content = self.query_embedding.weight.split(self.embed_dim, dim=1)
+            reference = self.reference_points(query_pos).sigmoid()
+            query_pos, content, reference = (
+                x.unsqueeze(0).expand(len(images), -1, -1) for x in (query_pos, content, reference)
+            )
+        schedule = self.recollection if self.training else self.plain_schedule
+        hidden, references = self.decoder(
+            content,
+            query_pos,
+            reference,
+            memory,
+            padding_mask,
+            spatial_shapes,
+            ratios,
+            self.bbox_embed if self.with_box_refine else None,
+            schedule,
+        )
+        logits, boxes = self._heads(hidden, references, schedule)
+        return logits, boxes, schedule, enc_outputs
+
+    def _heads(
+        self, hidden: torch.Tensor, references: torch.Tensor, schedule: RecollectionSchedule
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [G, B, Q, K] and boxes [G, B, Q, 4] from the decoder's groups; each group
+        goes through the heads of the stage that produced it."""
+        if not self.with_box_refine:
+            delta = self.bbox_embed(hidden)
+            return self.class_embed(hidden), refine_boxes(delta, references, self.eps)
+        logits, boxes = [], []
+        for stage in range(schedule.num_stages):
+            part = schedule.output_slice(stage)
+            logits.append(self.class_embed[stage](hidden[part]))
+            delta = self.bbox_embed[stage](hidden[part])
+            boxes.append(refine_boxes(delta, references[part], self.eps))
+        return torch.cat(logits), torch.cat(boxes)
+
+    def _normalised_targets(self, x: dict) -> dict[str, torch.Tensor]:
+        height, width = x["image"].shape[-2:]
+        scale = torch.tensor(
+            [width, height, width, height], dtype=torch.float32, device=self.device
+        )
+        boxes = x["targets"]["boxes"].to(self.device).float() / scale
+        return {
+            "labels": x["targets"]["labels"].to(self.device),
+            "boxes": box_xyxy_to_cxcywh(boxes),
+        }
+
+    def inference(
+        self, logits: torch.Tensor, boxes: torch.Tensor, batched_inputs: list[dict]
+    ) -> list[dict]:
+        """Top-k over the flattened [Q x K] sigmoid scores, boxes in each output size.
+
+        Args:
+            logits: Tensor[B, Q, K]; boxes: Tensor[B, Q, 4] normalised cxcywh.
+        """
+        scores = logits.sigmoid().flatten(1)
+        scores, index = scores.topk(min(self.select_box_nums_for_evaluation, scores.shape[1]), 1)
+        labels = index % self.num_classes
+        chosen = torch.gather(boxes, 1, (index // self.num_classes).unsqueeze(-1).expand(-1, -1, 4))
+        results = []
+        for x, score, label, box in zip(batched_inputs, scores, labels, chosen, strict=True):
+            height = x.get("height", x["image"].shape[-2])
+            width = x.get("width", x["image"].shape[-1])
+            xyxy = box_cxcywh_to_xyxy(box) * box.new_tensor([width, height, width, height])
+            xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
+            xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
+            results.append({"boxes": xyxy, "scores": score, "labels": label})
+        return results

@@ -1,0 +1,309 @@
+"""Deformable-DETR's decoder, with group-batched query recollection.
+
+Numerics follow the SQR recipe's mmdet 2.12 / mmcv 1.3 Deformable-DETR
+(``mmdet/models/utils/transformer.py`` of Fangyi-Chen/SQR at b576a6e), rewritten batch-first from
+typed layers: post-norm layers, references scaled by each level's valid ratio, refinement
+``sigmoid(delta + logit(reference))`` with the new references detached before the next layer.
+The encoder and the two-stage proposals are in :mod:`.deformable_encoder`.
+
+The decoder runs any :class:`~sqr.modeling.recollection.RecollectionSchedule`: the groups a stage
+decodes sit side by side on the query axis against the encoder memory, whose value projection
+each layer computes once for all of them; only self-attention separates the groups. Without box
+refinement every group shares the static initial references, which are broadcast, never
+repeated; with refinement (and in two-stage) every group carries its own references.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from sqr.layers.box_ops import inverse_sigmoid
+from sqr.layers.mlp import FFN
+from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention, add_to_groups
+from sqr.modeling.recollection import RecollectionSchedule
+
+
+def refine_boxes(delta: torch.Tensor, reference: torch.Tensor, eps: float) -> torch.Tensor:
+    """Deformable-DETR's box from a head output and a reference, in sigmoid space.
+
+    Args:
+        delta: Tensor[..., 4] head output (logit space).
+        reference: Tensor[..., 2] points (only cx, cy are offset) or Tensor[..., 4] boxes.
+        eps: clamp of the inverse sigmoid.
+
+    Returns:
+        Tensor[..., 4] normalised cxcywh ``sigmoid(delta + logit(reference))``.
+    """
+    logit = inverse_sigmoid(reference, eps)
+    if reference.shape[-1] == 2:
+        logit = F.pad(logit, (0, 2))  # w, h come from the head alone
+    return (delta + logit).sigmoid()
+
+
+class DeformableDecoderLayer(nn.Module):
+    """Post-norm self-attention (within each query group), deformable cross-attention, FFN.
+
+    Self-attention is mmcv's ``MultiheadAttention`` with ``dropout`` on the attention weights and
+    on its output; position enters query and key, not value or residual.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        num_levels: int,
+        num_points: int,
+        feedforward_dim: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(
+            embed_dim, num_heads, dropout=dropout, batch_first=True
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(embed_dim)
+        self.cross_attn = MultiScaleDeformableAttention(
+            embed_dim, num_heads, num_levels, num_points, dropout
+        )
+        self.norm2 = nn.LayerNorm(embed_dim)
+        self.ffn = FFN(embed_dim, feedforward_dim, dropout, "relu")
+        self.norm3 = nn.LayerNorm(embed_dim)
+
+    def forward(
+        self,
+        content: torch.Tensor,
+        query_pos: torch.Tensor,
+        reference_points: torch.Tensor,
+        value_maps: Sequence[torch.Tensor],
+        num_groups: int,
+    ) -> torch.Tensor:
+        """
+        Args:
+            content: Tensor[B, G*Q, C], G groups of Q queries.
+            query_pos: Tensor[B, Q, C], shared by the groups.
+            reference_points: Tensor[B, Q or G*Q, L, 2|4] scaled by the valid ratios.
+            value_maps: the cross-attention's projected memory.
+            num_groups: G; queries attend to each other only within their group.
+
+        Returns:
+            Tensor[B, G*Q, C].
+        """
+        batch, length, channels = content.shape
+        q = add_to_groups(content, query_pos)
+
+        def grouped(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(batch * num_groups, length // num_groups, channels)
+
+        attended = self.self_attn(grouped(q), grouped(q), grouped(content), need_weights=False)[0]
+        x = self.norm1(content + self.dropout(attended.reshape(batch, length, channels)))
+        x = self.norm2(self.cross_attn(x, value_maps, reference_points, query_pos))
+        return self.norm3(x + self.ffn(x))
+
+
+class DeformableDetrDecoder(nn.Module):
+    """Deformable-DETR decoder; with ``bbox_embed`` given, references are refined per layer.
+
+    Args:
+        num_layers: decoder layers (stages).
+        embed_dim: channels.
+        num_heads: attention heads.
+        num_levels: feature levels.
+        num_points: samples per head and level.
+        feedforward_dim: FFN hidden channels.
+        dropout: dropout in self-attention, cross-attention output and FFN.
+        inverse_sigmoid_eps: clamp of the logit used to refine references (mmdet: 1e-5).
+        checkpoint_recollected: in training, run the recollected groups of each stage under
+            activation checkpointing (the plain chain group runs normally): same results, less
+            memory, some extra time. Off by default.
+    """
+
+    def __init__(
+        self,
+        num_layers: int = 6,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        num_levels: int = 4,
+        num_points: int = 4,
+        feedforward_dim: int = 1024,
+        dropout: float = 0.1,
+        inverse_sigmoid_eps: float = 1e-5,
+        checkpoint_recollected: bool = False,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            DeformableDecoderLayer(
+                embed_dim, num_heads, num_levels, num_points, feedforward_dim, dropout
+            )
+            for _ in range(num_layers)
+        )
+        self.num_levels = num_levels
+        self.eps = inverse_sigmoid_eps
+        self.checkpoint_recollected = checkpoint_recollected
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def decode_stage(
+        self,
+        stage: int,
+        content: torch.Tensor,
+        reference: torch.Tensor,
+        query_pos: torch.Tensor,
+        value_maps: Sequence[torch.Tensor],
+        ratios: torch.Tensor,
+        num_groups: int,
+    ) -> torch.Tensor:
+        """Run layer ``stage`` on ``num_groups`` groups side by side.
+
+        Args:
+            stage: layer index.
+            content: Tensor[B, G*Q, C].
+            reference: Tensor[B, Q, D] shared by the groups, or Tensor[B, G*Q, D]; D = 2 (points)
+                or 4 (boxes), sigmoid space, all groups of one kind.
+            query_pos: Tensor[B, Q, C].
+            value_maps: the layer's projected memory (``cross_attn.project_value``).
+            ratios: Tensor[B, L, 2] valid ratios (w, h).
+            num_groups: G.
+
+        Returns:
+            Tensor[B, G*Q, C] layer output.
+        """
+        scale = ratios if reference.shape[-1] == 2 else torch.cat([ratios, ratios], -1)
+        reference_points = reference[:, :, None] * scale[:, None]
+        return self.layers[stage](content, query_pos, reference_points, value_maps, num_groups)
+
+    def forward(
+        self,
+        content: torch.Tensor,
+        query_pos: torch.Tensor,
+        reference: torch.Tensor,
+        memory: torch.Tensor,
+        padding_mask: torch.Tensor,
+        spatial_shapes: Sequence[tuple[int, int]],
+        ratios: torch.Tensor,
+        bbox_embed: nn.ModuleList | None,
+        schedule: RecollectionSchedule,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode every group the schedule asks for.
+
+        Args:
+            content: Tensor[B, Q, C] initial query content.
+            query_pos: Tensor[B, Q, C] query position embedding (the same in every layer).
+            reference: Tensor[B, Q, 2] initial points or Tensor[B, Q, 4] boxes (sigmoid space).
+            memory: Tensor[B, S, C] encoder output.
+            padding_mask: Bool[B, S], True on padding.
+            spatial_shapes: (H_l, W_l) per level.
+            ratios: Tensor[B, L, 2] valid ratios (w, h).
+            bbox_embed: the per-layer box heads for iterative refinement, or None: every layer
+                then uses the initial references.
+            schedule: which groups each stage decodes.
+
+        Returns:
+            hidden Tensor[G_total, B, Q, C]: every output group;
+            references: each group's input references (sigmoid space), attached to the graph
+            where the baseline keeps them attached. Without refinement Tensor[G_total, B, Q, D],
+            an expanded view of ``reference``; with refinement Tensor[G_total, B, Q, 4], points
+            padded with w = h = 0.5, whose logit is exactly 0 (so :func:`refine_boxes` gives the
+            point rule).
+        """
+        if schedule.num_stages != self.num_layers:
+            raise ValueError(
+                f"schedule has {schedule.num_stages} stages, decoder has {self.num_layers} layers"
+            )
+        if bbox_embed is not None and len(bbox_embed) < self.num_layers:
+            raise ValueError(f"{len(bbox_embed)} box heads for {self.num_layers} decoder layers")
+        batch, num_queries = content.shape[:2]
+        refine = bbox_embed is not None
+        # The reserve: group 0 is the initial queries; output group r sits at index r + 1.
+        contents, references = [content], [reference]
+        hidden, used = [], []
+        for stage in range(self.num_layers):
+            sources = schedule.sources(stage)
+            value_maps = self.layers[stage].cross_attn.project_value(
+                memory, spatial_shapes, padding_mask
+            )
+            groups = [contents[i] for i in sources]
+            if refine:  # references are detached between layers, as in the baseline
+                refs = [references[i] if stage == 0 else references[i].detach() for i in sources]
+            else:  # one static tensor shared by every group
+                refs = [reference] * len(groups)
+            out = self._run_stage(stage, groups, refs, query_pos, value_maps, ratios)
+            hidden.append(out)
+            used.extend(refs)
+            outputs = out.split(num_queries, dim=1)
+            consumed = schedule.is_consumed(stage)
+            # Stage outputs nothing decodes again keep the reserve indices aligned only.
+            contents.extend(outputs if consumed else [None] * len(groups))
+            if refine:
+                # The next stage detaches the new references: no graph is needed for them.
+                with torch.no_grad():
+                    references.extend(
+                        refine_boxes(bbox_embed[stage](o), r, self.eps) if consumed else None
+                        for o, r in zip(outputs, refs, strict=True)
+                    )
+
+        flat = torch.cat(hidden, dim=1)  # [B, G_total*Q, C]
+        hidden_by_group = flat.view(batch, -1, num_queries, flat.shape[-1]).transpose(0, 1)
+        if not refine:
+            return hidden_by_group, reference.expand(len(used), *reference.shape)
+        padded = [F.pad(r, (0, 2), value=0.5) if r.shape[-1] == 2 else r for r in used]
+        return hidden_by_group, torch.stack(padded)
+
+    def _run_stage(
+        self,
+        stage: int,
+        groups: list[torch.Tensor],
+        refs: list[torch.Tensor],
+        query_pos: torch.Tensor,
+        value_maps: Sequence[torch.Tensor],
+        ratios: torch.Tensor,
+    ) -> torch.Tensor:
+        """Decode ``groups`` (each [B, Q, C]) with their references ``refs``: [B, G*Q, C]."""
+        count = len(groups)
+
+        def run(first: int, stop: int) -> torch.Tensor:
+            chunk = refs[first:stop]
+            shared = all(r is chunk[0] for r in chunk)
+            return self.decode_stage(
+                stage,
+                groups[first] if stop - first == 1 else torch.cat(groups[first:stop], dim=1),
+                chunk[0] if shared else torch.cat(chunk, dim=1),
+                query_pos,
+                value_maps,
+                ratios,
+                stop - first,
+            )
+
+        if self.checkpoint_recollected and self.training and count > 1:
+            # Recollected groups (all but the last, the plain chain) are recomputed in backward
+            # instead of keeping their activations, one group at a time so that the
+            # recomputation never holds more than one group's. Self-attention is per group, so
+            # splitting them off changes nothing.
+            outputs = [
+                checkpoint(
+                    self.decode_stage,
+                    stage,
+                    groups[g],
+                    refs[g],
+                    query_pos,
+                    value_maps,
+                    ratios,
+                    1,
+                    use_reentrant=False,
+                )
+                for g in range(count - 1)
+            ]
+            outputs.append(run(count - 1, count))
+        else:
+            # Points and boxes give different sampling rules: a stage that decodes both (the
+            # initial points next to refined boxes) runs each kind as one call.
+            cuts = [g for g in range(1, count) if refs[g].shape[-1] != refs[g - 1].shape[-1]]
+            outputs = [run(a, b) for a, b in pairwise([0, *cuts, count])]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)

@@ -1,0 +1,232 @@
+"""AdaMixer with SQR: group batching against a per-group oracle, and the detector contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.tiny import TINY_ADAMIXER
+
+from sqr.config import LazyConfig, instantiate
+from sqr.layers.adamixer_ops import xyzr_to_xyxy
+from sqr.layers.box_ops import box_xyxy_to_cxcywh
+from sqr.modeling.neck import ChannelMapping
+
+CONFIG = Path(__file__).resolve().parents[2] / "projects/sqr/configs/sqr_adamixer_r50_1x.py"
+
+
+def build(mode: str = "selective", *extra: str) -> torch.nn.Module:
+    cfg = LazyConfig.load(str(CONFIG))
+    LazyConfig.apply_overrides(cfg, [*TINY_ADAMIXER, f"model.recollection.mode={mode}", *extra])
+    torch.manual_seed(0)
+    return instantiate(cfg.model)
+
+
+def perturb(model: torch.nn.Module) -> torch.nn.Module:
+    """Move every decoder parameter off its initial value: at init the box deltas and the
+    generated sampling offsets are zero, so every group would keep the whole-image boxes and
+    a group mixed up with another would go unnoticed."""
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model
+
+
+SIZES = [(64, 80), (72, 64), (40, 96)]  # images of different sizes: padding differs per image
+BOXES = [
+    ([[4.0, 6.0, 40.0, 50.0], [30.0, 10.0, 70.0, 30.0]], [1, 4]),
+    ([], []),  # an empty image
+    ([[0.0, 0.0, 20.0, 20.0]], [2]),
+]
+
+
+def batch(size: int = 2, with_empty: bool = True) -> list[dict]:
+    gen = torch.Generator().manual_seed(1)
+    inputs = []
+    for i in range(size):
+        height, width = SIZES[i]
+        boxes, labels = BOXES[i] if with_empty or i != 1 else ([[5.0, 5.0, 30.0, 25.0]], [3])
+        inputs.append(
+            {
+                "image": torch.randint(
+                    0, 256, (3, height, width), generator=gen, dtype=torch.uint8
+                ),
+                "height": height,
+                "width": width,
+                "targets": {
+                    "boxes": torch.tensor(boxes).reshape(-1, 4),
+                    "labels": torch.tensor(labels, dtype=torch.int64),
+                },
+            }
+        )
+    return inputs
+
+
+def oracle_decode(decoder, content, xyzr, *features, schedule):
+    """The schedule run one group at a time with the same stages, as the reference's plain
+    SQR decoder does: a Python loop over groups, each with its own xyzr."""
+    contents, boxes = [content], [xyzr]
+    logits, predicted = [], []
+    for stage in range(schedule.num_stages):
+        for source in schedule.sources(stage):
+            out, group_logits, new_xyzr = decoder.stages[stage](
+                contents[source], boxes[source], features, 1
+            )
+            logits.append(group_logits)
+            predicted.append(xyzr_to_xyxy(new_xyzr))
+            contents.append(out)
+            boxes.append(new_xyzr.detach())
+    return torch.stack(logits), torch.stack(predicted)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+@pytest.mark.parametrize("mode", ["selective", "dense"])
+def test_batched_groups_equal_per_group_oracle(mode: str, batch_size: int) -> None:
+    model = perturb(build(mode)).train()
+    inputs = batch(batch_size)
+    captured = {}
+    model.decoder.register_forward_hook(
+        lambda module, args, kwargs, output: captured.update(args=args, kwargs=kwargs, out=output),
+        with_kwargs=True,
+    )
+    losses = model(inputs)
+    logits, boxes = captured["out"]
+    oracle_logits, oracle_boxes = oracle_decode(
+        model.decoder, *captured["args"], **captured["kwargs"]
+    )
+    assert logits.shape[:2] == (model.recollection.num_groups, batch_size)
+    # The groups of a stage really differ (else a mix-up could not show).
+    assert not torch.allclose(boxes[1], boxes[2], atol=1e-3)
+    torch.testing.assert_close(logits, oracle_logits, rtol=1e-5, atol=1e-5)
+    # Boxes are in pixels and refined through six stages, where rounding differences of the
+    # batched matrix products grow: 1e-3 pixels is far below what a mixed-up group would give.
+    torch.testing.assert_close(boxes, oracle_boxes, rtol=1e-4, atol=1e-3)
+
+    # Losses from the oracle's predictions, normalised by each image's own size.
+    whwh = torch.tensor([[w, h, w, h] for h, w in SIZES[:batch_size]], dtype=torch.float32)
+    normalised = box_xyxy_to_cxcywh(oracle_boxes / whwh[:, None])
+    targets = [model._normalised_targets(x) for x in inputs]
+    oracle_losses = model.criterion(
+        oracle_logits, normalised, targets, model.recollection.group_stage
+    )
+    assert losses.keys() == oracle_losses.keys()
+    for key in losses:
+        torch.testing.assert_close(losses[key], oracle_losses[key], rtol=1e-5, atol=1e-5, msg=key)
+
+
+def test_first_stage_starts_from_each_whole_image() -> None:
+    model = build("none").eval()
+    content, xyzr = model.query_generator(torch.tensor([[64, 80], [72, 64]]))
+    # Whole 80 x 64 image: centre (40, 32), z = log2(sqrt(80 * 64)), r = log2(64 / 80).
+    torch.testing.assert_close(
+        xyzr[0, 0], torch.tensor([40.0, 32.0, 0.5 * torch.tensor(5120.0).log2(), -0.321928])
+    )
+    # The content is layer-normalised without affine parameters: zero mean, unit variance.
+    torch.testing.assert_close(content.mean(-1), torch.zeros(2, 10), atol=1e-5, rtol=0)
+    # The box branch starts at zero: stage 0 predicts each image's own whole extent, which is
+    # (0.5, 0.5, 1, 1) once normalised by the image size, however much padding it got.
+    with torch.no_grad():
+        _, boxes, _ = model.predict(batch(3))
+    torch.testing.assert_close(boxes[0], torch.tensor([0.5, 0.5, 1.0, 1.0]).expand(3, 10, 4))
+
+
+def test_eval_identical_with_sqr_on_and_off() -> None:
+    sqr, plain = perturb(build("selective")), build("none")
+    assert sqr.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(sqr.state_dict())
+    sqr.eval(), plain.eval()
+    with torch.no_grad():
+        out_sqr, out_plain = sqr(batch(3)), plain(batch(3))
+    for a, b in zip(out_sqr, out_plain, strict=True):
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(a[key], b[key]), key
+    # Evaluation runs the plain chain even with grad enabled (no requires_grad switch).
+    out_grad = sqr(batch(3))
+    assert torch.equal(out_grad[0]["boxes"], out_sqr[0]["boxes"])
+
+
+def test_every_parameter_gets_a_gradient_with_an_empty_image() -> None:
+    model = build("selective").train()
+    losses = model(batch(2, with_empty=True))
+    assert len(losses) == 18  # 3 terms x 6 stages
+    sum(losses.values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient for {missing}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_training_without_targets_raises() -> None:
+    model = build().train()
+    inputs = batch()
+    del inputs[1]["targets"]
+    with pytest.raises(ValueError, match="targets"):
+        model(inputs)
+
+
+def test_checkpointing_recollected_groups_changes_nothing() -> None:
+    plain = build("selective")
+    ckpt = build("selective", "model.decoder.checkpoint_recollected=True")
+    ckpt.load_state_dict(perturb(plain).state_dict())
+    results = []
+    for model in (plain, ckpt):
+        model.train()
+        losses = model(batch(2, with_empty=False))
+        sum(losses.values()).backward()
+        results.append((losses, {n: p.grad for n, p in model.named_parameters()}))
+    (losses_a, grads_a), (losses_b, grads_b) = results
+    assert losses_a.keys() == losses_b.keys()
+    for key in losses_a:
+        torch.testing.assert_close(losses_a[key], losses_b[key], rtol=1e-6, atol=1e-6)
+    for name, grad in grads_a.items():
+        # Recomputation sums in another order: compare at the scale of the whole gradient.
+        scale = max(1.0, grad.abs().max().item())
+        torch.testing.assert_close(grad, grads_b[name], rtol=0, atol=1e-5 * scale, msg=name)
+
+
+def test_inference_contract() -> None:
+    model = build().eval()
+    inputs = batch()
+    inputs[0]["height"], inputs[0]["width"] = 128, 160  # report boxes at twice the input size
+    with torch.no_grad():
+        results = model(inputs)
+        logits, boxes, schedule = model.predict(inputs)
+    assert schedule.is_plain and logits.shape == (6, 2, 10, 5) and boxes.shape == (6, 2, 10, 4)
+    first = results[0]
+    # Top-k over the 10 x 5 query-class scores, k = num_queries; mmdet neither clips nor filters.
+    assert first["boxes"].shape == (10, 4) and first["scores"].shape == first["labels"].shape
+    assert first["labels"].max() < 5
+    best = logits[-1, 0].sigmoid().flatten().max()
+    torch.testing.assert_close(first["scores"][0], best)
+    query = int(logits[-1, 0].sigmoid().flatten().argmax()) // 5
+    cx, cy, w, h = boxes[-1, 0, query].tolist()
+    expected = torch.tensor(
+        [(cx - w / 2) * 160, (cy - h / 2) * 128, (cx + w / 2) * 160, (cy + h / 2) * 128]
+    )
+    torch.testing.assert_close(first["boxes"][0], expected)
+
+
+def test_stage_count_mismatch_is_rejected() -> None:
+    with pytest.raises(ValueError, match="stages"):
+        build("selective", "model.recollection.num_stages=5")
+
+
+def test_channel_mapping_shares_one_group_norm() -> None:
+    torch.manual_seed(0)
+    neck = ChannelMapping(in_features=["a", "b"], in_channels=[3, 5], out_channels=8, num_groups=2)
+    with torch.no_grad():
+        neck.norm.weight.uniform_(0.5, 2), neck.norm.bias.normal_()
+    features = {"a": torch.randn(2, 3, 6, 6), "b": torch.randn(2, 5, 3, 3)}
+    outputs = neck(features)
+    assert len(list(neck.parameters())) == 6  # 2 convs x (weight, bias) + one GroupNorm
+    for name, conv, out in zip(["a", "b"], neck.convs, outputs, strict=True):
+        # GroupNorm by hand: 2 groups of 4 channels, statistics over (channels, H, W).
+        x = conv(features[name]).unflatten(1, (2, 4))
+        mean = x.mean(dim=(2, 3, 4), keepdim=True)
+        var = x.var(dim=(2, 3, 4), unbiased=False, keepdim=True)
+        expected = ((x - mean) / torch.sqrt(var + 1e-5)).flatten(1, 2)
+        expected = expected * neck.norm.weight[:, None, None] + neck.norm.bias[:, None, None]
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="in_channels"):
+        ChannelMapping(in_features=["a"], in_channels=[3, 5])

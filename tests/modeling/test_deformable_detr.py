@@ -1,0 +1,278 @@
+"""Deformable-DETR (plain, box refinement, two-stage) with SQR: group batching against a
+per-group oracle, lean execution, and the model contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.tiny import TINY_DEFORMABLE_DETR
+from omegaconf import OmegaConf
+
+from sqr.config import LazyConfig, instantiate
+
+CONFIGS = Path(__file__).resolve().parents[2] / "projects/sqr/configs"
+VARIANTS = {
+    "plain": "sqr_deformable_detr_r50_50ep.py",
+    "refine": "sqr_deformable_detr_refine_r50_50ep.py",
+    "two_stage": "sqr_deformable_detr_two_stage_r50_50ep.py",
+}
+# Dropout off: the oracle and the checkpointed run consume random numbers in another order.
+NO_DROPOUT = ["model.encoder.dropout=0.0", "model.decoder.dropout=0.0"]
+EPS = 1e-5  # the configs' inverse_sigmoid_eps
+
+
+def build(variant: str, mode: str = "selective", *extra: str) -> torch.nn.Module:
+    cfg = LazyConfig.load(str(CONFIGS / VARIANTS[variant]))
+    overrides = [*TINY_DEFORMABLE_DETR, *NO_DROPOUT, f"model.recollection.mode={mode}", *extra]
+    LazyConfig.apply_overrides(cfg, overrides)
+    torch.manual_seed(0)
+    return instantiate(cfg.model)
+
+
+def batch(with_empty: bool = True) -> list[dict]:
+    gen = torch.Generator().manual_seed(1)
+    images = [
+        torch.randint(0, 256, (3, 64, 80), generator=gen, dtype=torch.uint8),
+        torch.randint(0, 256, (3, 72, 56), generator=gen, dtype=torch.uint8),  # padded in x
+    ]
+    targets = [
+        {
+            "boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0], [30.0, 10.0, 70.0, 30.0]]),
+            "labels": torch.tensor([1, 4]),
+        },
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+        if with_empty
+        else {"boxes": torch.tensor([[0.0, 0.0, 20.0, 20.0]]), "labels": torch.tensor([2])},
+    ]
+    return [
+        {"image": im, "height": im.shape[1], "width": im.shape[2], "targets": t}
+        for im, t in zip(images, targets, strict=True)
+    ]
+
+
+def refined(delta: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Deformable-DETR's refinement written out: xy offset from the reference's logit, and for
+    box references wh too."""
+    r = reference.clamp(0, 1)
+    logit = torch.log(r.clamp(min=EPS) / (1 - r).clamp(min=EPS))
+    if reference.shape[-1] == 2:
+        return torch.cat([delta[..., :2] + logit, delta[..., 2:]], -1).sigmoid()
+    return (delta + logit).sigmoid()
+
+
+def as_box(reference: torch.Tensor) -> torch.Tensor:
+    """Points as boxes of side 0.5 (logit 0): how the decoder reports mixed references."""
+    if reference.shape[-1] == 4:
+        return reference
+    return torch.cat([reference, torch.full_like(reference, 0.5)], -1)
+
+
+def oracle_decode(
+    decoder, content, query_pos, reference, memory, padding, shapes, ratios, bbox_embed, schedule
+):
+    """The schedule run one group at a time with the same layers: no batching of groups."""
+    contents, references = [content], [reference]
+    hidden, used = [], []
+    for stage in range(schedule.num_stages):
+        maps = decoder.layers[stage].cross_attn.project_value(memory, shapes, padding)
+        for source in schedule.sources(stage):
+            if bbox_embed is None:  # static references, attached everywhere
+                ref = reference
+            else:  # own references, detached after the first layer
+                ref = references[source] if stage == 0 else references[source].detach()
+            out = decoder.decode_stage(stage, contents[source], ref, query_pos, maps, ratios, 1)
+            hidden.append(out)
+            used.append(ref if bbox_embed is None else as_box(ref))
+            contents.append(out)
+            if bbox_embed is not None:
+                references.append(refined(bbox_embed[stage](out), ref))
+    return torch.stack(hidden), torch.stack(used)
+
+
+@pytest.mark.parametrize(
+    ("variant", "mode"),
+    [
+        ("plain", "selective"),
+        ("refine", "selective"),
+        ("refine", "dense"),
+        ("two_stage", "selective"),
+    ],
+)
+def test_batched_groups_equal_per_group_oracle(variant: str, mode: str) -> None:
+    model = build(variant, mode).train()
+    inputs = batch()
+    captured = {}
+    model.decoder.register_forward_hook(
+        lambda module, args, output: captured.update(args=args, output=output)
+    )
+    losses = model(inputs)
+    hidden, references = captured["output"]
+    oracle_hidden, oracle_references = oracle_decode(model.decoder, *captured["args"])
+    assert hidden.shape[0] == model.recollection.num_groups
+    torch.testing.assert_close(hidden, oracle_hidden, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(references, oracle_references, rtol=1e-5, atol=1e-5)
+
+    # Losses from the oracle's predictions through the same heads and criterion.
+    logits, boxes = model._heads(oracle_hidden, oracle_references, model.recollection)
+    targets = [model._normalised_targets(x) for x in inputs]
+    oracle_losses = model.criterion(logits, boxes, targets, model.recollection.group_stage)
+    assert set(oracle_losses) <= set(losses)
+    for key in oracle_losses:
+        torch.testing.assert_close(losses[key], oracle_losses[key], rtol=1e-5, atol=1e-5, msg=key)
+
+    # Same gradients: references are attached and detached where the oracle has them.
+    names, params = zip(
+        *[(n, p) for n, p in model.named_parameters() if p.requires_grad], strict=True
+    )
+    batched = torch.autograd.grad(
+        sum(losses[k] for k in oracle_losses), params, retain_graph=True, allow_unused=True
+    )
+    oracle = torch.autograd.grad(sum(oracle_losses.values()), params, allow_unused=True)
+    for name, a, b in zip(names, batched, oracle, strict=True):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            scale = max(1.0, b.abs().max().item())
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * scale, msg=name)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_eval_identical_with_sqr_on_and_off(variant: str) -> None:
+    sqr, plain = build(variant, "selective"), build(variant, "none")
+    assert sqr.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(sqr.state_dict())
+    sqr.eval(), plain.eval()
+    with torch.no_grad():
+        out_sqr, out_plain = sqr(batch()), plain(batch())
+    for a, b in zip(out_sqr, out_plain, strict=True):
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(a[key], b[key]), key
+    # Evaluation runs the plain chain even with grad enabled (no requires_grad switch).
+    logits, _, schedule = sqr.predict(batch())
+    assert schedule.is_plain and logits.shape[0] == sqr.decoder.num_layers
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_parameter_gets_a_gradient_with_an_empty_image(variant: str) -> None:
+    model = build(variant, "selective").train()
+    losses = model(batch(with_empty=True))
+    # 3 terms x 6 stages, plus the proposals' 3 terms in two-stage.
+    assert len(losses) == 18 + 3 * (variant == "two_stage")
+    sum(losses.values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient for {missing}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_checkpointing_recollected_groups_changes_nothing(variant: str) -> None:
+    plain = build(variant, "selective")
+    ckpt = build(variant, "selective", "model.decoder.checkpoint_recollected=True")
+    ckpt.load_state_dict(plain.state_dict())
+    results = []
+    for model in (plain, ckpt):
+        model.train()
+        losses = model(batch(with_empty=False))
+        sum(losses.values()).backward()
+        results.append((losses, {n: p.grad for n, p in model.named_parameters()}))
+    (losses_a, grads_a), (losses_b, grads_b) = results
+    for key in losses_a:
+        torch.testing.assert_close(losses_a[key], losses_b[key], rtol=1e-6, atol=1e-6)
+    for name, grad in grads_a.items():
+        if grad is None:
+            assert grads_b[name] is None, name
+            continue
+        # Recomputation sums in another order: compare at the scale of the whole gradient.
+        scale = max(1.0, grad.abs().max().item())
+        torch.testing.assert_close(grad, grads_b[name], rtol=0, atol=1e-5 * scale, msg=name)
+
+
+@pytest.mark.parametrize("variant", ["plain", "refine"])
+def test_memory_is_projected_once_per_layer_and_static_references_are_shared(
+    variant: str,
+) -> None:
+    model = build(variant, "selective").train()
+    calls = []
+    for stage, layer in enumerate(model.decoder.layers):
+        layer.cross_attn.value_proj.register_forward_hook(
+            lambda *args, stage=stage: calls.append(("value", stage))
+        )
+        layer.cross_attn.register_forward_pre_hook(
+            lambda module, args, stage=stage: calls.append(
+                ("sample", stage, args[0].shape[1], args[2].shape[1])
+            )
+        )
+    model(batch())
+    queries = model.num_queries
+    for stage, groups in enumerate(model.recollection.groups_per_stage):
+        assert calls.count(("value", stage)) == 1  # not once per group
+        samples = [c for c in calls if c[0] == "sample" and c[1] == stage]
+        assert sum(c[2] for c in samples) == groups * queries  # every group decoded
+        if variant == "plain":  # one call, the references given once for all groups
+            assert samples == [("sample", stage, groups * queries, queries)]
+        else:  # each group brings its own references
+            assert all(c[2] == c[3] for c in samples)
+
+
+def test_two_stage_needs_box_refinement() -> None:
+    with pytest.raises(ValueError, match="with_box_refine"):
+        build("two_stage", "none", "model.with_box_refine=False")
+
+
+def test_training_without_targets_raises() -> None:
+    model = build("plain").train()
+    inputs = batch()
+    del inputs[1]["targets"]
+    with pytest.raises(ValueError, match="targets"):
+        model(inputs)
+
+
+def test_inference_contract() -> None:
+    model = build("plain").eval()
+    inputs = batch()
+    inputs[0]["height"], inputs[0]["width"] = 128, 160  # report boxes at twice the input size
+    with torch.no_grad():
+        results = model(inputs)
+    first = results[0]
+    assert first["boxes"].shape == (10, 4) and first["scores"].shape == first["labels"].shape
+    assert (first["boxes"][:, 0::2] <= 160).all() and (first["boxes"][:, 1::2] <= 128).all()
+    assert (first["boxes"] >= 0).all() and first["labels"].max() < 5
+    assert (first["scores"][:-1] >= first["scores"][1:]).all()  # top-k order
+
+
+def test_recipe_optimizer_groups_and_batch() -> None:
+    # REFERENCE 2.1: AdamW 2e-4, x0.1 for backbone / sampling_offsets / reference_points,
+    # weight decay 1e-4 on every parameter, clip 0.1, total batch 32, 50 epochs.
+    cfg = LazyConfig.load(str(CONFIGS / VARIANTS["plain"]))
+    LazyConfig.apply_overrides(cfg, TINY_DEFORMABLE_DETR)
+    model = instantiate(cfg.model)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    for name, param in model.named_parameters():
+        slow = name.startswith("backbone.") or "sampling_offsets" in name
+        slow = slow or name.startswith("reference_points.")
+        assert lr_of[id(param)] == pytest.approx(2e-5 if slow else 2e-4), name
+        assert decay_of[id(param)] == pytest.approx(1e-4), name
+    assert cfg.train.clip_grad.enabled and cfg.train.clip_grad.params.max_norm == 0.1
+    assert cfg.dataloader.train.total_batch_size == 32
+    assert cfg.train.max_epochs == 50 and cfg.train.max_iter is None
+    assert cfg.model.criterion.weight_dict == {
+        "loss_class": 2.0,
+        "loss_bbox": 5.0,
+        "loss_giou": 2.0,
+    }
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_sqr_config_differs_from_its_baseline_only_in_recollection(variant: str) -> None:
+    sqr = LazyConfig.load(str(CONFIGS / VARIANTS[variant]))
+    base = LazyConfig.load(str(CONFIGS / VARIANTS[variant].removeprefix("sqr_")))
+    assert (sqr.model.recollection.mode, base.model.recollection.mode) == ("selective", "none")
+    for cfg in (sqr, base):
+        cfg.model.recollection.mode = "none"
+        cfg.model.recollection.start_stage = None
+        cfg.train.output_dir = None
+    assert OmegaConf.to_container(sqr, resolve=False) == OmegaConf.to_container(base, resolve=False)
