@@ -19,7 +19,6 @@ into ``--output-dir``, by default ``{train.output_dir}/stage_analysis``.
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import math
@@ -31,10 +30,16 @@ from omegaconf import DictConfig
 from tabulate import tabulate
 from tqdm import tqdm
 
-from sqr.config import LazyConfig, instantiate
+from sqr.config import instantiate
 from sqr.data import build_detection_test_loader
 from sqr.data.catalog import load_dataset
-from sqr.engine import DetectionCheckpointer, default_argument_parser, default_setup, launch
+from sqr.engine import (
+    default_argument_parser,
+    default_setup,
+    launch_main,
+    load_config,
+    load_trained_weights,
+)
 from sqr.evaluation.stage_analysis import StageAnalyzer
 from sqr.evaluation.stages import predict_stages, query_predictions, stage_outputs
 from sqr.utils import comm
@@ -72,19 +77,12 @@ def build_parser():
     return parser
 
 
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def setup(args, default_subdir: str = "stage_analysis") -> DictConfig:
     """Load the config with overrides, point its output at ``--output-dir`` (by default
     ``{train.output_dir}/{default_subdir}``), and set up logging."""
     if args.num_images is not None and args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
-    cfg.train.device = resolve_device(cfg.train.device)
+    cfg = load_config(args)
     cfg.train.output_dir = args.output_dir or os.path.join(cfg.train.output_dir, default_subdir)
     default_setup(cfg, args)
     return cfg
@@ -92,20 +90,8 @@ def setup(args, default_subdir: str = "stage_analysis") -> DictConfig:
 
 def build_model(cfg: DictConfig) -> torch.nn.Module:
     """The config's model with ``train.init_checkpoint`` loaded, in eval mode."""
-    path = cfg.train.init_checkpoint
-    if not path:
-        raise ValueError(
-            "the analysis needs trained weights: set train.init_checkpoint=/path/to/model.pth"
-        )
     model = instantiate(cfg.model).to(cfg.train.device)
-    checkpointer = DetectionCheckpointer(model)
-    checkpointer.load(path, checkpointables=[])
-    filled = checkpointer.last_report.matched_fraction(model)
-    if filled < 0.5:
-        raise ValueError(
-            f"{path} fills only {filled:.0%} of the model's parameters; this is not a checkpoint "
-            "of this model (see the load report above)"
-        )
+    load_trained_weights(model, cfg.train.init_checkpoint, purpose="the analysis")
     return model.eval()
 
 
@@ -290,18 +276,7 @@ def main(args) -> dict:
 
 
 def invoke_main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-        device=resolve_device(cfg.train.device),
-        timeout=datetime.timedelta(minutes=cfg.train.get("dist_timeout_minutes", 30)),
-    )
+    launch_main(main, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ model_XXXXXXX.pth, model_final.pth, last_checkpoint, inference/ (and eval_result
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import math
@@ -22,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
-from sqr.config import LazyConfig, instantiate
+from sqr.config import instantiate
 from sqr.engine import (
     CheckpointHook,
     DetectionCheckpointer,
@@ -34,7 +33,9 @@ from sqr.engine import (
     Trainer,
     default_argument_parser,
     default_setup,
-    launch,
+    launch_main,
+    load_config,
+    load_trained_weights,
     restore_rng_state,
 )
 from sqr.evaluation import inference_on_dataset
@@ -42,12 +43,6 @@ from sqr.utils import comm
 from sqr.utils.events import CommonMetricPrinter, JSONWriter, TensorboardWriter
 
 logger = logging.getLogger("sqr.train_net")
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def do_test(cfg: DictConfig, model: torch.nn.Module) -> dict:
@@ -155,16 +150,7 @@ def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
 def do_eval_only(cfg: DictConfig, args, model: torch.nn.Module) -> dict:
     """Load ``train.init_checkpoint``, evaluate, and write ``eval_results.json``."""
     path = cfg.train.init_checkpoint
-    if not path:
-        raise ValueError("--eval-only needs weights: set train.init_checkpoint=/path/to/model.pth")
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir)
-    checkpointer.load(path, checkpointables=[])
-    filled = checkpointer.last_report.matched_fraction(model)
-    if filled < 0.5:
-        raise ValueError(
-            f"--eval-only: {path} fills only {filled:.0%} of the model's parameters; this is not "
-            "a checkpoint of this model (see the load report above)"
-        )
+    load_trained_weights(model, path, purpose="--eval-only")
     results = do_test(cfg, model)
     if comm.is_main_process() and cfg.train.output_dir:
         record = {
@@ -179,9 +165,7 @@ def do_eval_only(cfg: DictConfig, args, model: torch.nn.Module) -> dict:
 
 
 def setup(args) -> DictConfig:
-    cfg = LazyConfig.load(args.config_file)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
-    cfg.train.device = resolve_device(cfg.train.device)
+    cfg = load_config(args)
     default_setup(cfg, args)
     return cfg
 
@@ -197,18 +181,7 @@ def main(args) -> dict | None:
 
 
 def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-        device=resolve_device(cfg.train.device),
-        timeout=datetime.timedelta(minutes=cfg.train.get("dist_timeout_minutes", 30)),
-    )
+    launch_main(main, default_argument_parser().parse_args())
 
 
 if __name__ == "__main__":

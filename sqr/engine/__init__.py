@@ -1,7 +1,18 @@
 """Training engine: command line, launch, setup, trainer and hooks, checkpoints, model zoo."""
 
-from .checkpoint import DetectionCheckpointer, LoadReport, UnsafeCheckpointError
-from .defaults import default_argument_parser, default_setup
+from .checkpoint import (
+    DetectionCheckpointer,
+    LoadReport,
+    UnsafeCheckpointError,
+    load_trained_weights,
+)
+from .defaults import (
+    default_argument_parser,
+    default_setup,
+    launch_main,
+    load_config,
+    resolve_device,
+)
 from .hooks import (
     CheckpointHook,
     EvalHook,
@@ -32,5 +43,9 @@ __all__ = [
     "default_argument_parser",
     "default_setup",
     "launch",
+    "launch_main",
+    "load_config",
+    "load_trained_weights",
+    "resolve_device",
     "restore_rng_state",
 ]

@@ -259,3 +259,29 @@ class DetectionCheckpointer(Checkpointer):
                 path,
             )
         return self.load(path, checkpointables=[])
+
+
+def load_trained_weights(model: torch.nn.Module, path: str, *, purpose: str) -> None:
+    """Load the weights of a trained ``model`` and refuse a checkpoint of another model.
+
+    Args:
+        model: the model to fill.
+        path: the checkpoint (``train.init_checkpoint``).
+        purpose: what needs the weights, for the error messages (e.g. "--eval-only").
+
+    Raises:
+        ValueError: ``path`` is empty, or the checkpoint fills less than half of the model's
+            parameters.
+    """
+    if not path:
+        raise ValueError(
+            f"{purpose} needs trained weights: set train.init_checkpoint=/path/to/model.pth"
+        )
+    checkpointer = DetectionCheckpointer(model)
+    checkpointer.load(path, checkpointables=[])
+    filled = checkpointer.last_report.matched_fraction(model)
+    if filled < 0.5:
+        raise ValueError(
+            f"{purpose}: {path} fills only {filled:.0%} of the model's parameters; this is not "
+            "a checkpoint of this model (see the load report above)"
+        )

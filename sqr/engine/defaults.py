@@ -1,11 +1,14 @@
-"""The pieces every tool shares: command-line parser and per-run setup."""
+"""The pieces every tool shares: command-line parser, config loading, launch and per-run setup."""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -14,6 +17,8 @@ from sqr.config import LazyConfig
 from sqr.utils import comm
 from sqr.utils.env import collect_env_info, seed_all_rng
 from sqr.utils.logger import setup_logger
+
+from .launch import launch
 
 logger = logging.getLogger(__name__)
 
@@ -96,3 +101,36 @@ def default_setup(cfg: DictConfig, args: argparse.Namespace) -> None:
     used = seed_all_rng(None if seed is None or seed < 0 else seed + rank)
     logger.info("Using seed %d for rank %d", used, rank)
     torch.backends.cudnn.benchmark = bool(cfg.train.get("cudnn_benchmark", False))
+
+
+def resolve_device(name: str) -> str:
+    """``train.device`` as a torch device name: "auto" is "cuda" when CUDA is visible, else
+    "cpu"; any other name is kept."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def load_config(args: argparse.Namespace) -> DictConfig:
+    """``--config-file`` with the command line's overrides applied and ``train.device``
+    resolved (:func:`resolve_device`)."""
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    cfg.train.device = resolve_device(cfg.train.device)
+    return cfg
+
+
+def launch_main(main_func: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> None:
+    """Run ``main_func(args)`` on every process the command line asks for (``--num-gpus``,
+    ``--num-machines``, ``--machine-rank``, ``--dist-url``), with the config's device and
+    collective timeout (``train.dist_timeout_minutes``, 30 by default)."""
+    cfg = load_config(args)
+    launch(
+        main_func,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+        device=cfg.train.device,
+        timeout=datetime.timedelta(minutes=cfg.train.get("dist_timeout_minutes", 30)),
+    )

@@ -88,42 +88,29 @@ def match_stage(
     gt_labels: torch.Tensor,
     iou_threshold: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """True positives of one stage towards each ground truth (module docstring).
+    """True positives of one stage, or of every stage at once, towards each ground truth
+    (module docstring).
 
     Args:
-        boxes: Tensor[Q, 4] xyxy; scores: Tensor[Q]; labels: Tensor[Q] (one per query).
+        boxes: Tensor[Q, 4] xyxy; scores: Tensor[Q]; labels: Tensor[Q] (one per query), or
+            Tensor[S, Q, 4], Tensor[S, Q], Tensor[S, Q] for S stages matched independently.
         gt_boxes: Tensor[N, 4] xyxy in the same coordinates; gt_labels: Tensor[N].
         iou_threshold: the IoU a TP needs at least.
 
     Returns:
-        ``(tp, iou)``: bool Tensor[Q, N], ``tp[q, g]`` when query ``q`` is the TP towards ``g``;
-        and Tensor[Q, N] of IoUs.
+        ``(tp, iou)``: bool Tensor[(S,) Q, N], ``tp[(s,) q, g]`` when query ``q`` is the TP
+        towards ``g``; and Tensor[(S,) Q, N] of IoUs.
     """
-    iou = box_iou(boxes.float(), gt_boxes.float())
-    candidate = (iou >= iou_threshold) & (labels[:, None] == gt_labels[None, :])
-    ranked = torch.where(candidate, scores[:, None].float(), float("-inf"))
+    iou = box_iou(boxes.reshape(-1, 4).float(), gt_boxes.float())
+    iou = iou.view(*boxes.shape[:-1], len(gt_boxes))
+    candidate = (iou >= iou_threshold) & (labels[..., None] == gt_labels)
+    ranked = torch.where(candidate, scores[..., None].float(), float("-inf"))
     tp = torch.zeros_like(candidate)
     if candidate.numel():
-        best = ranked.argmax(dim=0)  # the first of equal maxima: ties go to the lower index
-        columns = torch.arange(len(gt_boxes))
-        tp[best, columns] = candidate[best, columns]
+        # The first of equal maxima over the queries: ties go to the lower index.
+        best = ranked.argmax(dim=-2, keepdim=True)  # [(S,) 1, N]
+        tp.scatter_(-2, best, candidate.gather(-2, best))
     return tp, iou
-
-
-def _match_all_stages(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    labels: torch.Tensor,
-    gt_boxes: torch.Tensor,
-    gt_labels: torch.Tensor,
-    iou_threshold: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`match_stage` for every stage: bool Tensor[S, Q, N] and Tensor[S, Q, N]."""
-    matched = [
-        match_stage(boxes[s], scores[s], labels[s], gt_boxes, gt_labels, iou_threshold)
-        for s in range(boxes.shape[0])
-    ]
-    return torch.stack([tp for tp, _ in matched]), torch.stack([iou for _, iou in matched])
 
 
 def count_fading_exacerbation(
@@ -144,7 +131,7 @@ def count_fading_exacerbation(
         iou_threshold: the IoU a TP needs at least.
         fp_min_score: final FPs with a lower score are not counted.
     """
-    tp, iou = _match_all_stages(boxes, scores, labels, gt_boxes, gt_labels, iou_threshold)
+    tp, iou = match_stage(boxes, scores, labels, gt_boxes, gt_labels, iou_threshold)
     final_tp, final_iou, final_score = tp[-1], iou[-1], scores[-1]
     better = tp[:-1] & (iou[:-1] > final_iou) & (scores[:-1, :, None] > final_score[:, None])
     faded = final_tp & better.any(dim=0)
@@ -177,7 +164,7 @@ def oracle_stages(
     Returns:
         int64 Tensor[Q] of stage indices.
     """
-    tp, iou = _match_all_stages(boxes, scores, labels, gt_boxes, gt_labels, iou_threshold)
+    tp, iou = match_stage(boxes, scores, labels, gt_boxes, gt_labels, iou_threshold)
     quality = torch.where(tp, iou * scores[..., None].float(), -1.0)
     quality = quality.amax(dim=-1) if quality.shape[-1] else scores.new_full(scores.shape, -1.0)
     # Search the stages from last to first so that ties keep the later stage.

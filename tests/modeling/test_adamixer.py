@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import detectors
 from helpers.tiny import TINY_ADAMIXER
 
-from sqr.config import LazyConfig, instantiate
 from sqr.layers.adamixer_ops import xyzr_to_xyxy
 from sqr.layers.box_ops import box_xyxy_to_cxcywh
 from sqr.modeling.neck import ChannelMapping
@@ -17,10 +17,9 @@ CONFIG = Path(__file__).resolve().parents[2] / "projects/sqr/configs/sqr_adamixe
 
 
 def build(mode: str = "selective", *extra: str) -> torch.nn.Module:
-    cfg = LazyConfig.load(str(CONFIG))
-    LazyConfig.apply_overrides(cfg, [*TINY_ADAMIXER, f"model.recollection.mode={mode}", *extra])
-    torch.manual_seed(0)
-    return instantiate(cfg.model)
+    return detectors.build_detector(
+        CONFIG, [*TINY_ADAMIXER, f"model.recollection.mode={mode}", *extra]
+    )
 
 
 def perturb(model: torch.nn.Module) -> torch.nn.Module:
@@ -35,33 +34,13 @@ def perturb(model: torch.nn.Module) -> torch.nn.Module:
 
 
 SIZES = [(64, 80), (72, 64), (40, 96)]  # images of different sizes: padding differs per image
-BOXES = [
-    ([[4.0, 6.0, 40.0, 50.0], [30.0, 10.0, 70.0, 30.0]], [1, 4]),
-    ([], []),  # an empty image
-    ([[0.0, 0.0, 20.0, 20.0]], [2]),
-]
 
 
 def batch(size: int = 2, with_empty: bool = True) -> list[dict]:
-    gen = torch.Generator().manual_seed(1)
-    inputs = []
-    for i in range(size):
-        height, width = SIZES[i]
-        boxes, labels = BOXES[i] if with_empty or i != 1 else ([[5.0, 5.0, 30.0, 25.0]], [3])
-        inputs.append(
-            {
-                "image": torch.randint(
-                    0, 256, (3, height, width), generator=gen, dtype=torch.uint8
-                ),
-                "height": height,
-                "width": width,
-                "targets": {
-                    "boxes": torch.tensor(boxes).reshape(-1, 4),
-                    "labels": torch.tensor(labels, dtype=torch.int64),
-                },
-            }
-        )
-    return inputs
+    second = detectors.NO_OBJECT if with_empty else ([[5.0, 5.0, 30.0, 25.0]], [3])
+    return detectors.detection_batch(
+        SIZES[:size], [detectors.TWO_OBJECTS, second, detectors.ONE_OBJECT][:size]
+    )
 
 
 def oracle_decode(decoder, content, xyzr, *features, schedule):
@@ -84,18 +63,10 @@ def oracle_decode(decoder, content, xyzr, *features, schedule):
 @pytest.mark.parametrize("batch_size", [1, 2, 3])
 @pytest.mark.parametrize("mode", ["selective", "dense"])
 def test_batched_groups_equal_per_group_oracle(mode: str, batch_size: int) -> None:
-    model = perturb(build(mode)).train()
+    model = perturb(build(mode))
     inputs = batch(batch_size)
-    captured = {}
-    model.decoder.register_forward_hook(
-        lambda module, args, kwargs, output: captured.update(args=args, kwargs=kwargs, out=output),
-        with_kwargs=True,
-    )
-    losses = model(inputs)
-    logits, boxes = captured["out"]
-    oracle_logits, oracle_boxes = oracle_decode(
-        model.decoder, *captured["args"], **captured["kwargs"]
-    )
+    losses, args, kwargs, (logits, boxes) = detectors.train_capturing_decoder(model, inputs)
+    oracle_logits, oracle_boxes = oracle_decode(model.decoder, *args, **kwargs)
     assert logits.shape[:2] == (model.recollection.num_groups, batch_size)
     # The groups of a stage really differ (else a mix-up could not show).
     assert not torch.allclose(boxes[1], boxes[2], atol=1e-3)
@@ -107,10 +78,7 @@ def test_batched_groups_equal_per_group_oracle(mode: str, batch_size: int) -> No
     # Losses from the oracle's predictions, normalised by each image's own size.
     whwh = torch.tensor([[w, h, w, h] for h, w in SIZES[:batch_size]], dtype=torch.float32)
     normalised = box_xyxy_to_cxcywh(oracle_boxes / whwh[:, None])
-    targets = [model._normalised_targets(x) for x in inputs]
-    oracle_losses = model.criterion(
-        oracle_logits, normalised, targets, model.recollection.group_stage
-    )
+    oracle_losses = detectors.criterion_losses(model, oracle_logits, normalised, inputs)
     assert losses.keys() == oracle_losses.keys()
     for key in losses:
         torch.testing.assert_close(losses[key], oracle_losses[key], rtol=1e-5, atol=1e-5, msg=key)
@@ -133,56 +101,32 @@ def test_first_stage_starts_from_each_whole_image() -> None:
 
 
 def test_eval_identical_with_sqr_on_and_off() -> None:
-    sqr, plain = perturb(build("selective")), build("none")
-    assert sqr.state_dict().keys() == plain.state_dict().keys()
-    plain.load_state_dict(sqr.state_dict())
-    sqr.eval(), plain.eval()
-    with torch.no_grad():
-        out_sqr, out_plain = sqr(batch(3)), plain(batch(3))
-    for a, b in zip(out_sqr, out_plain, strict=True):
-        for key in ("boxes", "scores", "labels"):
-            assert torch.equal(a[key], b[key]), key
+    sqr = perturb(build("selective"))
+    out_sqr = detectors.check_eval_identical_with_sqr_on_and_off(
+        sqr, build("none"), lambda: batch(3)
+    )
     # Evaluation runs the plain chain even with grad enabled (no requires_grad switch).
     out_grad = sqr(batch(3))
     assert torch.equal(out_grad[0]["boxes"], out_sqr[0]["boxes"])
 
 
 def test_every_parameter_gets_a_gradient_with_an_empty_image() -> None:
-    model = build("selective").train()
-    losses = model(batch(2, with_empty=True))
-    assert len(losses) == 18  # 3 terms x 6 stages
-    sum(losses.values()).backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing, f"no gradient for {missing}"
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    # 3 terms x 6 stages.
+    detectors.check_every_parameter_gets_a_gradient(
+        build("selective"), batch(2, with_empty=True), 18
+    )
 
 
 def test_training_without_targets_raises() -> None:
-    model = build().train()
-    inputs = batch()
-    del inputs[1]["targets"]
-    with pytest.raises(ValueError, match="targets"):
-        model(inputs)
+    detectors.check_training_without_targets_raises(build(), batch())
 
 
 def test_checkpointing_recollected_groups_changes_nothing() -> None:
-    plain = build("selective")
-    ckpt = build("selective", "model.decoder.checkpoint_recollected=True")
-    ckpt.load_state_dict(perturb(plain).state_dict())
-    results = []
-    for model in (plain, ckpt):
-        model.train()
-        losses = model(batch(2, with_empty=False))
-        sum(losses.values()).backward()
-        results.append((losses, {n: p.grad for n, p in model.named_parameters()}))
-    (losses_a, grads_a), (losses_b, grads_b) = results
-    assert losses_a.keys() == losses_b.keys()
-    for key in losses_a:
-        torch.testing.assert_close(losses_a[key], losses_b[key], rtol=1e-6, atol=1e-6)
-    for name, grad in grads_a.items():
-        # Recomputation sums in another order: compare at the scale of the whole gradient.
-        scale = max(1.0, grad.abs().max().item())
-        torch.testing.assert_close(grad, grads_b[name], rtol=0, atol=1e-5 * scale, msg=name)
+    detectors.check_checkpointing_changes_nothing(
+        perturb(build("selective")),
+        build("selective", "model.decoder.checkpoint_recollected=True"),
+        lambda: batch(2, with_empty=False),
+    )
 
 
 def test_inference_contract() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import detectors
 from helpers.tiny import TINY_DEFORMABLE_DETR
 from omegaconf import OmegaConf
 
@@ -24,32 +25,14 @@ EPS = 1e-5  # the configs' inverse_sigmoid_eps
 
 
 def build(variant: str, mode: str = "selective", *extra: str) -> torch.nn.Module:
-    cfg = LazyConfig.load(str(CONFIGS / VARIANTS[variant]))
     overrides = [*TINY_DEFORMABLE_DETR, *NO_DROPOUT, f"model.recollection.mode={mode}", *extra]
-    LazyConfig.apply_overrides(cfg, overrides)
-    torch.manual_seed(0)
-    return instantiate(cfg.model)
+    return detectors.build_detector(CONFIGS / VARIANTS[variant], overrides)
 
 
 def batch(with_empty: bool = True) -> list[dict]:
-    gen = torch.Generator().manual_seed(1)
-    images = [
-        torch.randint(0, 256, (3, 64, 80), generator=gen, dtype=torch.uint8),
-        torch.randint(0, 256, (3, 72, 56), generator=gen, dtype=torch.uint8),  # padded in x
-    ]
-    targets = [
-        {
-            "boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0], [30.0, 10.0, 70.0, 30.0]]),
-            "labels": torch.tensor([1, 4]),
-        },
-        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
-        if with_empty
-        else {"boxes": torch.tensor([[0.0, 0.0, 20.0, 20.0]]), "labels": torch.tensor([2])},
-    ]
-    return [
-        {"image": im, "height": im.shape[1], "width": im.shape[2], "targets": t}
-        for im, t in zip(images, targets, strict=True)
-    ]
+    second = detectors.NO_OBJECT if with_empty else detectors.ONE_OBJECT
+    # The second image is narrower: padded in x.
+    return detectors.detection_batch([(64, 80), (72, 56)], [detectors.TWO_OBJECTS, second])
 
 
 def refined(delta: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -101,23 +84,17 @@ def oracle_decode(
     ],
 )
 def test_batched_groups_equal_per_group_oracle(variant: str, mode: str) -> None:
-    model = build(variant, mode).train()
+    model = build(variant, mode)
     inputs = batch()
-    captured = {}
-    model.decoder.register_forward_hook(
-        lambda module, args, output: captured.update(args=args, output=output)
-    )
-    losses = model(inputs)
-    hidden, references = captured["output"]
-    oracle_hidden, oracle_references = oracle_decode(model.decoder, *captured["args"])
+    losses, args, _, (hidden, references) = detectors.train_capturing_decoder(model, inputs)
+    oracle_hidden, oracle_references = oracle_decode(model.decoder, *args)
     assert hidden.shape[0] == model.recollection.num_groups
     torch.testing.assert_close(hidden, oracle_hidden, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(references, oracle_references, rtol=1e-5, atol=1e-5)
 
     # Losses from the oracle's predictions through the same heads and criterion.
     logits, boxes = model._heads(oracle_hidden, oracle_references, model.recollection)
-    targets = [model._normalised_targets(x) for x in inputs]
-    oracle_losses = model.criterion(logits, boxes, targets, model.recollection.group_stage)
+    oracle_losses = detectors.criterion_losses(model, logits, boxes, inputs)
     assert set(oracle_losses) <= set(losses)
     for key in oracle_losses:
         torch.testing.assert_close(losses[key], oracle_losses[key], rtol=1e-5, atol=1e-5, msg=key)
@@ -139,15 +116,8 @@ def test_batched_groups_equal_per_group_oracle(variant: str, mode: str) -> None:
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_eval_identical_with_sqr_on_and_off(variant: str) -> None:
-    sqr, plain = build(variant, "selective"), build(variant, "none")
-    assert sqr.state_dict().keys() == plain.state_dict().keys()
-    plain.load_state_dict(sqr.state_dict())
-    sqr.eval(), plain.eval()
-    with torch.no_grad():
-        out_sqr, out_plain = sqr(batch()), plain(batch())
-    for a, b in zip(out_sqr, out_plain, strict=True):
-        for key in ("boxes", "scores", "labels"):
-            assert torch.equal(a[key], b[key]), key
+    sqr = build(variant, "selective")
+    detectors.check_eval_identical_with_sqr_on_and_off(sqr, build(variant, "none"), batch)
     # Evaluation runs the plain chain even with grad enabled (no requires_grad switch).
     logits, _, schedule = sqr.predict(batch())
     assert schedule.is_plain and logits.shape[0] == sqr.decoder.num_layers
@@ -155,37 +125,20 @@ def test_eval_identical_with_sqr_on_and_off(variant: str) -> None:
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_parameter_gets_a_gradient_with_an_empty_image(variant: str) -> None:
-    model = build(variant, "selective").train()
-    losses = model(batch(with_empty=True))
     # 3 terms x 6 stages, plus the proposals' 3 terms in two-stage.
-    assert len(losses) == 18 + 3 * (variant == "two_stage")
-    sum(losses.values()).backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing, f"no gradient for {missing}"
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    num_losses = 18 + 3 * (variant == "two_stage")
+    detectors.check_every_parameter_gets_a_gradient(
+        build(variant, "selective"), batch(with_empty=True), num_losses
+    )
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_checkpointing_recollected_groups_changes_nothing(variant: str) -> None:
-    plain = build(variant, "selective")
-    ckpt = build(variant, "selective", "model.decoder.checkpoint_recollected=True")
-    ckpt.load_state_dict(plain.state_dict())
-    results = []
-    for model in (plain, ckpt):
-        model.train()
-        losses = model(batch(with_empty=False))
-        sum(losses.values()).backward()
-        results.append((losses, {n: p.grad for n, p in model.named_parameters()}))
-    (losses_a, grads_a), (losses_b, grads_b) = results
-    for key in losses_a:
-        torch.testing.assert_close(losses_a[key], losses_b[key], rtol=1e-6, atol=1e-6)
-    for name, grad in grads_a.items():
-        if grad is None:
-            assert grads_b[name] is None, name
-            continue
-        # Recomputation sums in another order: compare at the scale of the whole gradient.
-        scale = max(1.0, grad.abs().max().item())
-        torch.testing.assert_close(grad, grads_b[name], rtol=0, atol=1e-5 * scale, msg=name)
+    detectors.check_checkpointing_changes_nothing(
+        build(variant, "selective"),
+        build(variant, "selective", "model.decoder.checkpoint_recollected=True"),
+        lambda: batch(with_empty=False),
+    )
 
 
 @pytest.mark.parametrize("variant", ["plain", "refine"])
@@ -221,11 +174,7 @@ def test_two_stage_needs_box_refinement() -> None:
 
 
 def test_training_without_targets_raises() -> None:
-    model = build("plain").train()
-    inputs = batch()
-    del inputs[1]["targets"]
-    with pytest.raises(ValueError, match="targets"):
-        model(inputs)
+    detectors.check_training_without_targets_raises(build("plain"), batch())
 
 
 def test_inference_contract() -> None:

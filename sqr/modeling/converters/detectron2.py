@@ -36,6 +36,7 @@ __all__ = [
     "apply_rules",
     "convert_detectron2_resnet",
     "drop",
+    "numbered_norm_rules",
     "rename",
     "resnet_rules",
 ]
@@ -188,6 +189,29 @@ def resnet_rules(source_prefix: str, target_prefix: str) -> list[Rule]:
         drop(rf"{src}(?:stem\.)?(?:fc|fc1000)\.(?:weight|bias)", "ImageNet classifier"),
     ]
     return rules
+
+
+def numbered_norm_rules(source_prefix: str, norms_per_layer: Mapping[str, int]) -> list[Rule]:
+    """Transformer-layer norms numbered in operation order from 0 (detrex's and mmcv's
+    ``{coder}.layers.{i}.norms.{n}``) -> ours, named by role order ``norm{n + 1}``.
+
+    Args:
+        source_prefix: Regex matched before ``{coder}``, e.g. ``r"transformer\\."``. It must
+            not contain capturing groups.
+        norms_per_layer: Norms in each layer of each coder, e.g. ``{"encoder": 2,
+            "decoder": 3}``.
+
+    Returns:
+        One rename rule per coder and norm, in that order.
+    """
+    return [
+        rename(
+            rf"{source_prefix}{coder}\.layers\.(\d+)\.norms\.{n}\.(weight|bias)",
+            rf"{coder}.layers.\1.norm{n + 1}.\2",
+        )
+        for coder, count in norms_per_layer.items()
+        for n in range(count)
+    ]
 
 
 def convert_detectron2_resnet(

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .detectron2 import Rule, alias, apply_rules, rename, resnet_rules
+from .detectron2 import Rule, alias, apply_rules, numbered_norm_rules, rename, resnet_rules
 
 __all__ = ["DETREX_DAB_DETR_RULES", "convert_detrex_dab_detr"]
 
@@ -102,16 +102,7 @@ def _build_rules() -> list[Rule]:
             "detrex shares the box head with the decoder for iterative refinement",
         ),
     ]
-    # detrex numbers norms in operation order from 0; ours are named norm1, norm2, ...
-    for coder, num_norms in (("encoder", 2), ("decoder", 3)):
-        for n in range(num_norms):
-            rules.append(
-                rename(
-                    rf"transformer\.{coder}\.layers\.(\d+)\.norms\.{n}\.{_WB}",
-                    rf"{coder}.layers.\1.norm{n + 1}.\2",
-                )
-            )
-    return rules
+    return rules + numbered_norm_rules(r"transformer\.", {"encoder": 2, "decoder": 3})
 
 
 #: The complete rule table; see the module docstring.

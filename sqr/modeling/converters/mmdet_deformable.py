@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from .detectron2 import Rule, alias, apply_rules, drop, rename
+from .detectron2 import Rule, alias, apply_rules, drop, numbered_norm_rules, rename
 
 __all__ = [
     "MMDET_DEFORMABLE_DETR_REFINE_RULES",
@@ -133,16 +133,7 @@ def _transformer_rules() -> list[Rule]:
             r"\1.layers.\2.ffn.linear2.\3",
         ),
     ]
-    # mmdet numbers norms in operation order from 0 (encoder 2, decoder 3); ours norm1, norm2...
-    for coder, num_norms in (("encoder", 2), ("decoder", 3)):
-        for n in range(num_norms):
-            rules.append(
-                rename(
-                    rf"{_T}{coder}\.layers\.(\d+)\.norms\.{n}\.{_WB}",
-                    rf"{coder}.layers.\1.norm{n + 1}.\2",
-                )
-            )
-    return rules
+    return rules + numbered_norm_rules(_T, {"encoder": 2, "decoder": 3})
 
 
 def _shared_head_rules() -> list[Rule]:

@@ -2,11 +2,11 @@
 
 from .adamixer import AdaMixer, InitialQueryGenerator
 from .adamixer_decoder import AdaMixerDecoder, AdaMixerStage
+from .base import QueryDetector
 from .dab_detr import DABDETR
 from .dab_transformer import DabDetrDecoder, DabDetrEncoder
 from .deformable_detr import DeformableDETR
 from .deformable_encoder import DeformableDetrEncoder
-from .deformable_neck import ChannelMapper
 from .deformable_transformer import DeformableDetrDecoder
 
 __all__ = [
@@ -14,11 +14,11 @@ __all__ = [
     "AdaMixerDecoder",
     "AdaMixerStage",
     "DABDETR",
-    "ChannelMapper",
     "DabDetrDecoder",
     "DabDetrEncoder",
     "DeformableDETR",
     "DeformableDetrDecoder",
     "DeformableDetrEncoder",
     "InitialQueryGenerator",
+    "QueryDetector",
 ]

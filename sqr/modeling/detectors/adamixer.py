@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sqr.data.batching import batch_images
 from sqr.layers.adamixer_ops import xyxy_to_xyzr
-from sqr.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+from sqr.layers.box_ops import box_xyxy_to_cxcywh
 from sqr.modeling.criterion import SetCriterion
 from sqr.modeling.recollection import RecollectionSchedule
 
 from .adamixer_decoder import AdaMixerDecoder
+from .base import QueryDetector
 
 
 class InitialQueryGenerator(nn.Module):
@@ -57,7 +57,7 @@ class InitialQueryGenerator(nn.Module):
         return content.expand(len(image_sizes), -1, -1), xyzr
 
 
-class AdaMixer(nn.Module):
+class AdaMixer(QueryDetector):
     """AdaMixer whose decoder follows a recollection schedule when training.
 
     Args:
@@ -65,14 +65,15 @@ class AdaMixer(nn.Module):
         neck: maps that dict to a list of L maps, fine to coarse.
         decoder: the AdaMixer decoder.
         criterion: the set criterion (AdaMixer: focal 2, L1 5 on normalised xyxy, GIoU 2).
-        recollection: the training schedule; evaluation always runs the plain decoder.
-        num_classes: object classes.
         num_queries: queries per image.
         embed_dim: query channels.
-        pixel_mean, pixel_std: RGB normalisation (0-255 scale).
         size_divisibility: the padded batch is a multiple of this (mmdet's ``Pad(32)``).
-        select_box_nums_for_evaluation: detections kept per image (top-k over Q x K scores).
+        recollection, num_classes, pixel_mean, pixel_std, select_box_nums_for_evaluation: see
+            :class:`QueryDetector`.
     """
+
+    # As in mmdet's AdaMixer, eval boxes are neither clipped to the image nor filtered.
+    clip_boxes = False
 
     def __init__(
         self,
@@ -90,46 +91,20 @@ class AdaMixer(nn.Module):
         size_divisibility: int = 32,
         select_box_nums_for_evaluation: int = 100,
     ) -> None:
-        super().__init__()
-        if recollection.num_stages != decoder.num_stages:
-            raise ValueError(
-                f"recollection schedule has {recollection.num_stages} stages but the decoder has "
-                f"{decoder.num_stages} stages"
-            )
+        super().__init__(
+            num_stages=decoder.num_stages,
+            criterion=criterion,
+            recollection=recollection,
+            num_classes=num_classes,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            select_box_nums_for_evaluation=select_box_nums_for_evaluation,
+        )
         self.backbone = backbone
         self.neck = neck
         self.query_generator = InitialQueryGenerator(num_queries, embed_dim)
         self.decoder = decoder
-        self.criterion = criterion
-        self.recollection = recollection
-        self.plain_schedule = RecollectionSchedule(decoder.num_stages, mode="none")
-        self.num_classes = num_classes
         self.size_divisibility = size_divisibility
-        self.select_box_nums_for_evaluation = select_box_nums_for_evaluation
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), False)
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    def forward(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor] | list[dict]:
-        """
-        Args:
-            batched_inputs: one dict per image: "image" uint8 [3, H, W], "height", "width",
-                and in training "targets" ({"boxes": [N, 4] absolute xyxy, "labels": [N]}).
-
-        Returns:
-            Training: weighted losses per stage (``loss_class_s0`` ... ``loss_giou_s5``).
-            Evaluation: per image {"boxes" [k, 4] xyxy in height x width, "scores", "labels"}.
-        """
-        if self.training and any("targets" not in x for x in batched_inputs):
-            raise ValueError("AdaMixer in training mode needs 'targets' in every input dict")
-        logits, boxes, schedule = self.predict(batched_inputs)
-        if self.training:
-            targets = [self._normalised_targets(x) for x in batched_inputs]
-            return self.criterion(logits, boxes, targets, schedule.group_stage)
-        return self.inference(logits[-1], boxes[-1], batched_inputs)
 
     def predict(
         self, batched_inputs: list[dict]
@@ -137,48 +112,11 @@ class AdaMixer(nn.Module):
         """Class logits [G, B, Q, K] and boxes [G, B, Q, 4] (cxcywh normalised by each image's
         size) of every decoded group, with the schedule that produced them (plain in
         evaluation: one group per stage, the last being the final prediction)."""
-        images = [
-            (x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std
-            for x in batched_inputs
-        ]
-        tensor, _ = batch_images(images, self.size_divisibility)
+        tensor, _ = self.preprocess_image(batched_inputs)
         features = self.neck(self.backbone(tensor))
-        sizes = torch.tensor([im.shape[-2:] for im in images], device=self.device)
+        sizes = torch.tensor([x["image"].shape[-2:] for x in batched_inputs], device=self.device)
         content, xyzr = self.query_generator(sizes)
-        schedule = self.recollection if self.training else self.plain_schedule
+        schedule = self.active_schedule
         logits, boxes = self.decoder(content, xyzr, *features, schedule=schedule)
         whwh = sizes.flip(-1).repeat(1, 2).to(boxes.dtype)  # [B, 4]
         return logits, box_xyxy_to_cxcywh(boxes / whwh[:, None]), schedule
-
-    def _normalised_targets(self, x: dict) -> dict[str, torch.Tensor]:
-        height, width = x["image"].shape[-2:]
-        scale = torch.tensor(
-            [width, height, width, height], dtype=torch.float32, device=self.device
-        )
-        boxes = x["targets"]["boxes"].to(self.device).float() / scale
-        return {
-            "labels": x["targets"]["labels"].to(self.device),
-            "boxes": box_xyxy_to_cxcywh(boxes),
-        }
-
-    def inference(
-        self, logits: torch.Tensor, boxes: torch.Tensor, batched_inputs: list[dict]
-    ) -> list[dict]:
-        """Top-k over the flattened [Q x K] sigmoid scores, boxes in each output size.
-
-        As in mmdet's AdaMixer, boxes are neither clipped to the image nor filtered.
-
-        Args:
-            logits: Tensor[B, Q, K]; boxes: Tensor[B, Q, 4] normalised cxcywh.
-        """
-        scores = logits.sigmoid().flatten(1)
-        scores, index = scores.topk(min(self.select_box_nums_for_evaluation, scores.shape[1]), 1)
-        labels = index % self.num_classes
-        chosen = torch.gather(boxes, 1, (index // self.num_classes).unsqueeze(-1).expand(-1, -1, 4))
-        results = []
-        for x, score, label, box in zip(batched_inputs, scores, labels, chosen, strict=True):
-            height = x.get("height", x["image"].shape[-2])
-            width = x.get("width", x["image"].shape[-1])
-            xyxy = box_cxcywh_to_xyxy(box) * box.new_tensor([width, height, width, height])
-            results.append({"boxes": xyxy, "scores": score, "labels": label})
-        return results

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from sqr.layers.adamixer_ops import (
     AdaptiveMixing,
@@ -28,6 +27,8 @@ from sqr.layers.adamixer_ops import (
 )
 from sqr.layers.mlp import FFN
 from sqr.modeling.recollection import RecollectionSchedule
+
+from .query_groups import run_groups, stack_groups, take_groups
 
 
 def _branch(embed_dim: int, out_dim: int) -> nn.Sequential:
@@ -268,7 +269,7 @@ class AdaMixerDecoder(nn.Module):
             )
         if len(features) != self.num_levels:
             raise ValueError(f"got {len(features)} feature maps, expected {self.num_levels}")
-        batch, num_queries = content.shape[:2]
+        num_queries = content.shape[1]
         # The reserve: group 0 is the initial queries. Boxes are detached between stages, as in
         # the baseline (the initial ones never carry a gradient).
         contents, boxes = [content], [xyzr.detach()]
@@ -289,12 +290,7 @@ class AdaMixerDecoder(nn.Module):
             else:  # nothing decodes these outputs again: keep the reserve indices aligned only
                 contents.extend([None] * groups)
                 boxes.extend([None] * groups)
-
-        def by_group(per_stage: list[torch.Tensor]) -> torch.Tensor:
-            flat = torch.cat(per_stage, dim=1)  # [B, G_total*Q, D]
-            return flat.view(batch, -1, num_queries, flat.shape[-1]).transpose(0, 1)
-
-        return by_group(all_logits), by_group(all_boxes)
+        return stack_groups(all_logits, num_queries), stack_groups(all_boxes, num_queries)
 
     def _run_stage(
         self,
@@ -305,24 +301,14 @@ class AdaMixerDecoder(nn.Module):
         groups: int,
         num_queries: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stage ``stage`` on the ``groups`` groups, through :func:`run_groups`: content,
+        logits and refined xyzr, each [B, G*Q, ...]."""
         layer = self.stages[stage]
-        if not (self.checkpoint_recollected and self.training and groups > 1):
-            return layer(content, xyzr, features, groups)
-        # Recollected groups (all but the last, the plain chain) are recomputed in backward
-        # instead of keeping their mixing tensors, one group at a time so that the recomputation
-        # never holds more than one group's activations. Attention is per group, so splitting
-        # them off changes nothing.
-        outputs = [
-            checkpoint(
-                layer,
-                content[:, start : start + num_queries],
-                xyzr[:, start : start + num_queries],
-                features,
-                1,
-                use_reentrant=False,
+
+        def decode(first: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            part = (first, stop, num_queries)
+            return layer(
+                take_groups(content, *part), take_groups(xyzr, *part), features, stop - first
             )
-            for start in range(0, (groups - 1) * num_queries, num_queries)
-        ]
-        chain = slice((groups - 1) * num_queries, None)
-        outputs.append(layer(content[:, chain], xyzr[:, chain], features, 1))
-        return tuple(torch.cat(parts, dim=1) for parts in zip(*outputs, strict=True))
+
+        return run_groups(decode, groups, self.checkpoint_recollected and self.training)

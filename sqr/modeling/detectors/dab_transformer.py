@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from sqr.layers.attention import ConditionalCrossAttention, ConditionalSelfAttention
 from sqr.layers.box_ops import inverse_sigmoid
 from sqr.layers.mlp import FFN, MLP
 from sqr.layers.position_encoding import sine_box_embedding
 from sqr.modeling.recollection import RecollectionSchedule
+
+from .query_groups import run_groups, stack_groups, take_groups
 
 
 class DabEncoderLayer(nn.Module):
@@ -254,11 +255,7 @@ class DabDetrDecoder(nn.Module):
                 contents.extend([None] * groups)
                 references.extend([None] * groups)
 
-        def by_group(per_stage: list[torch.Tensor]) -> torch.Tensor:
-            flat = torch.cat(per_stage, dim=1)  # [B, G_total*Q, D]
-            return flat.view(batch, -1, num_queries, flat.shape[-1]).transpose(0, 1)
-
-        return by_group(hidden), by_group(used_references)
+        return stack_groups(hidden, num_queries), stack_groups(used_references, num_queries)
 
     def _run_stage(
         self,
@@ -269,26 +266,16 @@ class DabDetrDecoder(nn.Module):
         groups: int,
         num_queries: int,
     ) -> torch.Tensor:
-        if not (self.checkpoint_recollected and self.training and groups > 1):
-            return self.decode_stage(stage, content, reference, memory_kv, groups)
-        # Recollected groups (all but the last, which is the plain chain) are recomputed in
-        # backward instead of keeping their activations, one group at a time so that the
-        # recomputation itself never holds more than one group's activations. Self-attention is
-        # per group, so splitting them off changes nothing.
-        outputs = [
-            checkpoint(
-                self.decode_stage,
+        """:meth:`decode_stage` on the ``groups`` groups, through :func:`run_groups`."""
+
+        def decode(first: int, stop: int) -> torch.Tensor:
+            part = (first, stop, num_queries)
+            return self.decode_stage(
                 stage,
-                content[:, start : start + num_queries],
-                reference[:, start : start + num_queries],
+                take_groups(content, *part),
+                take_groups(reference, *part),
                 memory_kv,
-                1,
-                use_reentrant=False,
+                stop - first,
             )
-            for start in range(0, (groups - 1) * num_queries, num_queries)
-        ]
-        chain = slice((groups - 1) * num_queries, None)
-        outputs.append(
-            self.decode_stage(stage, content[:, chain], reference[:, chain], memory_kv, 1)
-        )
-        return torch.cat(outputs, dim=1)
+
+        return run_groups(decode, groups, self.checkpoint_recollected and self.training)

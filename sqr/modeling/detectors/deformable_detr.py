@@ -21,19 +21,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sqr.data.batching import batch_images
-from sqr.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from sqr.layers.mlp import MLP
 from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention
 from sqr.modeling.criterion import LOSS_NAMES, SetCriterion
+from sqr.modeling.neck import ChannelMapper
 from sqr.modeling.recollection import RecollectionSchedule
 
+from .base import QueryDetector
 from .deformable_encoder import DeformableDetrEncoder, TwoStageProposals, valid_ratios
-from .deformable_neck import ChannelMapper
 from .deformable_transformer import DeformableDetrDecoder, refine_boxes
 
 
-class DeformableDETR(nn.Module):
+class DeformableDETR(QueryDetector):
     """Deformable-DETR whose decoder follows a recollection schedule when training.
 
     Args:
@@ -43,16 +42,13 @@ class DeformableDETR(nn.Module):
         position_embedding: maps a padding mask [B, H, W] to [B, embed_dim, H, W].
         encoder: the deformable encoder.
         decoder: the deformable decoder.
-        criterion: the set criterion (matching and losses).
-        recollection: the training schedule; evaluation always runs the plain decoder.
-        num_classes: object classes.
         num_queries: decoder queries (two-stage: proposals kept).
         embed_dim: transformer channels.
         with_box_refine: per-layer heads and iterative reference refinement.
         as_two_stage: initial boxes and queries from encoder proposals (needs refinement).
-        pixel_mean, pixel_std: RGB normalisation (0-255 scale).
-        select_box_nums_for_evaluation: detections kept per image (top-k over Q x K scores).
         inverse_sigmoid_eps: clamp of the logit used to refine boxes (mmdet: 1e-5).
+        criterion, recollection, num_classes, pixel_mean, pixel_std,
+        select_box_nums_for_evaluation: see :class:`QueryDetector`.
     """
 
     def __init__(
@@ -76,12 +72,15 @@ class DeformableDETR(nn.Module):
         select_box_nums_for_evaluation: int = 100,
         inverse_sigmoid_eps: float = 1e-5,
     ) -> None:
-        super().__init__()
-        if recollection.num_stages != decoder.num_layers:
-            raise ValueError(
-                f"recollection schedule has {recollection.num_stages} stages but the decoder has "
-                f"{decoder.num_layers} layers"
-            )
+        super().__init__(
+            num_stages=decoder.num_layers,
+            criterion=criterion,
+            recollection=recollection,
+            num_classes=num_classes,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            select_box_nums_for_evaluation=select_box_nums_for_evaluation,
+        )
         if as_two_stage and not with_box_refine:
             raise ValueError(
                 "as_two_stage=True needs with_box_refine=True: the proposals use an extra "
@@ -114,18 +113,11 @@ class DeformableDETR(nn.Module):
         else:  # one head shared by every layer
             self.class_embed = nn.Linear(embed_dim, num_classes)
             self.bbox_embed = MLP(embed_dim, embed_dim, 4, 3)
-        self.criterion = criterion
-        self.recollection = recollection
-        self.plain_schedule = RecollectionSchedule(decoder.num_layers, mode="none")
-        self.num_classes = num_classes
         self.num_queries = num_queries
         self.embed_dim = embed_dim
         self.with_box_refine = with_box_refine
         self.as_two_stage = as_two_stage
-        self.select_box_nums_for_evaluation = select_box_nums_for_evaluation
         self.eps = inverse_sigmoid_eps
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), False)
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -154,27 +146,12 @@ class DeformableDETR(nn.Module):
         if not self.as_two_stage:
             nn.init.constant_(box_heads[0].layers[-1].bias[2:], -2.0)
 
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    def forward(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor] | list[dict]:
-        """
-        Args:
-            batched_inputs: one dict per image: "image" uint8 [3, H, W], "height", "width",
-                and in training "targets" ({"boxes": [N, 4] absolute xyxy, "labels": [N]}).
-
-        Returns:
-            Training: weighted losses per stage (``loss_class_s0`` ... ``loss_giou_s5``), plus
-            ``loss_{class,bbox,giou}_enc`` for the two-stage proposals.
-            Evaluation: per image {"boxes" [k, 4] xyxy in height x width, "scores", "labels"}.
-        """
-        if self.training and any("targets" not in x for x in batched_inputs):
-            raise ValueError("DeformableDETR in training mode needs 'targets' in every input dict")
+    def losses(
+        self, batched_inputs: list[dict], targets: list[dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """Weighted losses per stage, plus ``loss_{class,bbox,giou}_enc`` for the two-stage
+        proposals (:meth:`QueryDetector.losses`)."""
         logits, boxes, schedule, enc_outputs = self._decode(batched_inputs)
-        if not self.training:
-            return self.inference(logits[-1], boxes[-1], batched_inputs)
-        targets = [self._normalised_targets(x) for x in batched_inputs]
         losses = self.criterion(logits, boxes, targets, schedule.group_stage)
         if enc_outputs is not None:  # class-agnostic matching of every encoder token
             binary = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
@@ -185,9 +162,7 @@ class DeformableDETR(nn.Module):
     def predict(
         self, batched_inputs: list[dict]
     ) -> tuple[torch.Tensor, torch.Tensor, RecollectionSchedule]:
-        """Class logits [G, B, Q, K] and boxes [G, B, Q, 4] (normalised cxcywh) of every
-        decoded group, with the schedule that produced them (plain in evaluation: one group
-        per stage, the last being the final prediction)."""
+        """See :meth:`QueryDetector.predict`."""
         logits, boxes, schedule, _ = self._decode(batched_inputs)
         return logits, boxes, schedule
 
@@ -196,11 +171,7 @@ class DeformableDETR(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, RecollectionSchedule, tuple | None]:
         """:meth:`predict`'s outputs plus, in two-stage, the encoder proposals' logits
         [B, S, K] and boxes [B, S, 4] (else None)."""
-        images = [
-            (x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std
-            for x in batched_inputs
-        ]
-        tensor, padding = batch_images(images)
+        tensor, padding = self.preprocess_image(batched_inputs)
         features = self.backbone(tensor)
         levels = self.neck([features[name] for name in self.in_features])
         masks = [F.interpolate(padding[None].float(), size=x.shape[-2:])[0].bool() for x in levels]
@@ -231,9 +202,10 @@ class DeformableDETR(nn.Module):
             query_pos, content = self.query_embedding.weight.split(self.embed_dim, dim=1)
             reference = self.reference_points(query_pos).sigmoid()
             query_pos, content, reference = (
-                x.unsqueeze(0).expand(len(images), -1, -1) for x in (query_pos, content, reference)
+                x.unsqueeze(0).expand(len(batched_inputs), -1, -1)
+                for x in (query_pos, content, reference)
             )
-        schedule = self.recollection if self.training else self.plain_schedule
+        schedule = self.active_schedule
         hidden, references = self.decoder(
             content,
             query_pos,
@@ -263,36 +235,3 @@ class DeformableDETR(nn.Module):
             delta = self.bbox_embed[stage](hidden[part])
             boxes.append(refine_boxes(delta, references[part], self.eps))
         return torch.cat(logits), torch.cat(boxes)
-
-    def _normalised_targets(self, x: dict) -> dict[str, torch.Tensor]:
-        height, width = x["image"].shape[-2:]
-        scale = torch.tensor(
-            [width, height, width, height], dtype=torch.float32, device=self.device
-        )
-        boxes = x["targets"]["boxes"].to(self.device).float() / scale
-        return {
-            "labels": x["targets"]["labels"].to(self.device),
-            "boxes": box_xyxy_to_cxcywh(boxes),
-        }
-
-    def inference(
-        self, logits: torch.Tensor, boxes: torch.Tensor, batched_inputs: list[dict]
-    ) -> list[dict]:
-        """Top-k over the flattened [Q x K] sigmoid scores, boxes in each output size.
-
-        Args:
-            logits: Tensor[B, Q, K]; boxes: Tensor[B, Q, 4] normalised cxcywh.
-        """
-        scores = logits.sigmoid().flatten(1)
-        scores, index = scores.topk(min(self.select_box_nums_for_evaluation, scores.shape[1]), 1)
-        labels = index % self.num_classes
-        chosen = torch.gather(boxes, 1, (index // self.num_classes).unsqueeze(-1).expand(-1, -1, 4))
-        results = []
-        for x, score, label, box in zip(batched_inputs, scores, labels, chosen, strict=True):
-            height = x.get("height", x["image"].shape[-2])
-            width = x.get("width", x["image"].shape[-1])
-            xyxy = box_cxcywh_to_xyxy(box) * box.new_tensor([width, height, width, height])
-            xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
-            xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
-            results.append({"boxes": xyxy, "scores": score, "labels": label})
-        return results

@@ -21,12 +21,13 @@ from itertools import pairwise
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from sqr.layers.box_ops import inverse_sigmoid
 from sqr.layers.mlp import FFN
 from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention, add_to_groups
 from sqr.modeling.recollection import RecollectionSchedule
+
+from .query_groups import run_groups, stack_groups
 
 
 def refine_boxes(delta: torch.Tensor, reference: torch.Tensor, eps: float) -> torch.Tensor:
@@ -219,7 +220,7 @@ class DeformableDetrDecoder(nn.Module):
             )
         if bbox_embed is not None and len(bbox_embed) < self.num_layers:
             raise ValueError(f"{len(bbox_embed)} box heads for {self.num_layers} decoder layers")
-        batch, num_queries = content.shape[:2]
+        num_queries = content.shape[1]
         refine = bbox_embed is not None
         # The reserve: group 0 is the initial queries; output group r sits at index r + 1.
         contents, references = [content], [reference]
@@ -249,8 +250,7 @@ class DeformableDetrDecoder(nn.Module):
                         for o, r in zip(outputs, refs, strict=True)
                     )
 
-        flat = torch.cat(hidden, dim=1)  # [B, G_total*Q, C]
-        hidden_by_group = flat.view(batch, -1, num_queries, flat.shape[-1]).transpose(0, 1)
+        hidden_by_group = stack_groups(hidden, num_queries)
         if not refine:
             return hidden_by_group, reference.expand(len(used), *reference.shape)
         padded = [F.pad(r, (0, 2), value=0.5) if r.shape[-1] == 2 else r for r in used]
@@ -266,7 +266,6 @@ class DeformableDetrDecoder(nn.Module):
         ratios: torch.Tensor,
     ) -> torch.Tensor:
         """Decode ``groups`` (each [B, Q, C]) with their references ``refs``: [B, G*Q, C]."""
-        count = len(groups)
 
         def run(first: int, stop: int) -> torch.Tensor:
             chunk = refs[first:stop]
@@ -281,29 +280,11 @@ class DeformableDetrDecoder(nn.Module):
                 stop - first,
             )
 
-        if self.checkpoint_recollected and self.training and count > 1:
-            # Recollected groups (all but the last, the plain chain) are recomputed in backward
-            # instead of keeping their activations, one group at a time so that the
-            # recomputation never holds more than one group's. Self-attention is per group, so
-            # splitting them off changes nothing.
-            outputs = [
-                checkpoint(
-                    self.decode_stage,
-                    stage,
-                    groups[g],
-                    refs[g],
-                    query_pos,
-                    value_maps,
-                    ratios,
-                    1,
-                    use_reentrant=False,
-                )
-                for g in range(count - 1)
-            ]
-            outputs.append(run(count - 1, count))
-        else:
-            # Points and boxes give different sampling rules: a stage that decodes both (the
-            # initial points next to refined boxes) runs each kind as one call.
-            cuts = [g for g in range(1, count) if refs[g].shape[-1] != refs[g - 1].shape[-1]]
-            outputs = [run(a, b) for a, b in pairwise([0, *cuts, count])]
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+        def decode(first: int, stop: int) -> torch.Tensor:
+            # Points and boxes give different sampling rules: groups of both kinds (the initial
+            # points next to refined boxes) run as one call per kind.
+            cuts = [g for g in range(first + 1, stop) if refs[g].shape[-1] != refs[g - 1].shape[-1]]
+            outputs = [run(a, b) for a, b in pairwise([first, *cuts, stop])]
+            return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+
+        return run_groups(decode, len(groups), self.checkpoint_recollected and self.training)

@@ -1,57 +1,84 @@
-"""AdaMixer's ``ChannelMapping`` neck: a 1x1 convolution per level and one shared GroupNorm.
-
-As in the SQR fork of MMDetection (``mmdet/models/necks/identity_fpn.py`` at b576a6e): no
-top-down path, no extra levels, no activation; the same ``GroupNorm`` (one set of affine
-parameters) normalises every level.
-"""
+"""mmdet's ``ChannelMapper`` with GroupNorm: Deformable-DETR's input projections."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 
-class ChannelMapping(nn.Module):
-    """Project each chosen backbone level to ``out_channels``, then GroupNorm it.
+def _conv_gn(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int, num_groups: int
+) -> nn.Sequential:
+    # No bias: the GroupNorm that follows has its own (mmdet's ConvModule with a norm).
+    conv = nn.Conv2d(
+        in_channels, out_channels, kernel_size, stride, padding=(kernel_size - 1) // 2, bias=False
+    )
+    return nn.Sequential(OrderedDict(conv=conv, norm=nn.GroupNorm(num_groups, out_channels)))
+
+
+class ChannelMapper(nn.Module):
+    """Map backbone levels to ``out_channels`` and add coarser levels.
+
+    Each input level gets a ``kernel_size`` convolution (no bias) and GroupNorm, without
+    activation. Extra level ``i`` is a 3x3 stride-2 convolution and GroupNorm on the last *raw*
+    input for ``i = 0`` (C5 in Deformable-DETR, giving stride 64) and on the previous extra level
+    after that. Convolutions start xavier-uniform (mmdet's ``init_cfg``, and the original
+    Deformable-DETR's ``input_proj``).
 
     Args:
-        in_features: backbone outputs to use, fine to coarse (e.g. "res2".."res5").
-        in_channels: their channels.
-        out_channels: output channels of every level.
-        num_groups: groups of the shared GroupNorm.
+        in_channels: channels of each input level, finest first.
+        out_channels: channels of every output level.
+        num_extra_levels: coarser levels added after the inputs.
+        num_groups: GroupNorm groups.
+        kernel_size: of the per-input convolutions (1 in Deformable-DETR).
     """
 
     def __init__(
         self,
-        in_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
-        in_channels: Sequence[int] = (256, 512, 1024, 2048),
+        in_channels: Sequence[int],
         out_channels: int = 256,
+        num_extra_levels: int = 1,
         num_groups: int = 32,
+        kernel_size: int = 1,
     ) -> None:
         super().__init__()
-        if len(in_features) != len(in_channels):
-            raise ValueError(
-                f"ChannelMapping got {len(in_features)} in_features {list(in_features)} but "
-                f"{len(in_channels)} in_channels {list(in_channels)}"
-            )
-        self.in_features = tuple(in_features)
-        self.convs = nn.ModuleList(nn.Conv2d(c, out_channels, kernel_size=1) for c in in_channels)
-        self.norm = nn.GroupNorm(num_groups, out_channels)
-        for conv in self.convs:  # mmcv's Xavier init (uniform, zero bias)
-            nn.init.xavier_uniform_(conv.weight)
-            nn.init.zeros_(conv.bias)
+        in_channels = list(in_channels)
+        if not in_channels:
+            raise ValueError("ChannelMapper needs at least one input level")
+        if num_extra_levels < 0:
+            raise ValueError(f"num_extra_levels must be >= 0, got {num_extra_levels}")
+        self.convs = nn.ModuleList(
+            _conv_gn(c, out_channels, kernel_size, 1, num_groups) for c in in_channels
+        )
+        extra_inputs = [in_channels[-1]] + [out_channels] * (num_extra_levels - 1)
+        self.extra_convs = nn.ModuleList(
+            _conv_gn(c, out_channels, 3, 2, num_groups) for c in extra_inputs[:num_extra_levels]
+        )
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_uniform_(module.weight)
 
-    def forward(self, features: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    @property
+    def num_levels(self) -> int:
+        """Output levels: inputs plus extra levels."""
+        return len(self.convs) + len(self.extra_convs)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """
         Args:
-            features: backbone outputs ``{name: Tensor[B, C_in, H, W]}``.
+            features: per input level Tensor[B, C_in_l, H_l, W_l], finest first.
 
         Returns:
-            One Tensor[B, out_channels, H, W] per name in ``in_features``, in that order.
+            ``num_levels`` Tensor[B, out_channels, H, W], finest first.
         """
-        return [
-            self.norm(conv(features[name]))
-            for name, conv in zip(self.in_features, self.convs, strict=True)
-        ]
+        if len(features) != len(self.convs):
+            raise ValueError(f"got {len(features)} feature levels, expected {len(self.convs)}")
+        outputs = [conv(x) for conv, x in zip(self.convs, features, strict=True)]
+        source = features[-1]
+        for conv in self.extra_convs:
+            outputs.append(conv(source))
+            source = outputs[-1]
+        return outputs

