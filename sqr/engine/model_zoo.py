@@ -132,6 +132,8 @@ def _build_table() -> dict[str, ZooEntry]:
     table: dict[str, ZooEntry] = {}
     detrex = {
         "dab_detr_r50_50ep": "dab_detr_r50_50ep.pth",  # detrex, 43.3 AP
+        # The original Deformable-DETR weights in detrex names: their neck convolutions have
+        # biases, so load them into a model built with model.neck.bias=True.
         "deformable_detr_r50_converted": "converted_deformable_detr_r50.pth",
         "deformable_detr_r50_box_refine_converted": (
             "converted_deformable_detr_r50_with_box_refine_50ep.pth"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.deformable_keys import ffn, linear, msda, norm
 
 from sqr.config import LazyConfig, instantiate
 from sqr.modeling.converters import (
@@ -65,31 +66,6 @@ def torchvision_r50_state(make: Callable[..., torch.Tensor], prefix: str = "") -
     return state
 
 
-def _linear(make, name: str, out_f: int, in_f: int) -> dict:
-    return {f"{name}.weight": make(out_f, in_f), f"{name}.bias": make(out_f)}
-
-
-def _norm(make, name: str, dim: int = D) -> dict:
-    return {f"{name}.weight": make(dim), f"{name}.bias": make(dim)}
-
-
-def _msda(make, name: str) -> dict:
-    # 8 heads x 4 levels x 4 points: 256 offsets (x, y) and 128 weights.
-    return {
-        **_linear(make, f"{name}.sampling_offsets", 256, D),
-        **_linear(make, f"{name}.attention_weights", 128, D),
-        **_linear(make, f"{name}.value_proj", D, D),
-        **_linear(make, f"{name}.output_proj", D, D),
-    }
-
-
-def _ffn(make, name: str) -> dict:
-    return {
-        **_linear(make, f"{name}.ffns.0.layers.0.0", FFN_DIM, D),
-        **_linear(make, f"{name}.ffns.0.layers.1", D, FFN_DIM),
-    }
-
-
 def mmdet_deformable_state(
     make: Callable[..., torch.Tensor], shared_heads: bool = True, two_stage: bool = False
 ) -> dict:
@@ -98,41 +74,41 @@ def mmdet_deformable_state(
     state = torchvision_r50_state(make, prefix="backbone.")
     for i, c_in in enumerate((512, 1024, 2048)):
         state[f"neck.convs.{i}.conv.weight"] = make(D, c_in, 1, 1)
-        state.update(_norm(make, f"neck.convs.{i}.gn"))
+        state.update(norm(make, f"neck.convs.{i}.gn"))
     state["neck.extra_convs.0.conv.weight"] = make(D, 2048, 3, 3)
-    state.update(_norm(make, "neck.extra_convs.0.gn"))
+    state.update(norm(make, "neck.extra_convs.0.gn"))
     t = "bbox_head.transformer"
     state[f"{t}.level_embeds"] = make(4, D)
     if two_stage:
-        state.update(_linear(make, f"{t}.enc_output", D, D))
-        state.update(_norm(make, f"{t}.enc_output_norm"))
-        state.update(_linear(make, f"{t}.pos_trans", 2 * D, 2 * D))
-        state.update(_norm(make, f"{t}.pos_trans_norm", 2 * D))
+        state.update(linear(make, f"{t}.enc_output", D, D))
+        state.update(norm(make, f"{t}.enc_output_norm"))
+        state.update(linear(make, f"{t}.pos_trans", 2 * D, 2 * D))
+        state.update(norm(make, f"{t}.pos_trans_norm", 2 * D))
     else:
         state["bbox_head.query_embedding.weight"] = make(QUERIES, 2 * D)
-        state.update(_linear(make, f"{t}.reference_points", 2, D))
+        state.update(linear(make, f"{t}.reference_points", 2, D))
     for i in range(LAYERS):
         enc = f"{t}.encoder.layers.{i}"
-        state.update(_msda(make, f"{enc}.attentions.0"))
-        state.update(_ffn(make, enc))
+        state.update(msda(make, f"{enc}.attentions.0"))
+        state.update(ffn(make, enc))
         for n in range(2):
-            state.update(_norm(make, f"{enc}.norms.{n}"))
+            state.update(norm(make, f"{enc}.norms.{n}"))
         dec = f"{t}.decoder.layers.{i}"
         state[f"{dec}.attentions.0.attn.in_proj_weight"] = make(3 * D, D)
         state[f"{dec}.attentions.0.attn.in_proj_bias"] = make(3 * D)
-        state.update(_linear(make, f"{dec}.attentions.0.attn.out_proj", D, D))
-        state.update(_msda(make, f"{dec}.attentions.1"))
-        state.update(_ffn(make, dec))
+        state.update(linear(make, f"{dec}.attentions.0.attn.out_proj", D, D))
+        state.update(msda(make, f"{dec}.attentions.1"))
+        state.update(ffn(make, dec))
         for n in range(3):
-            state.update(_norm(make, f"{dec}.norms.{n}"))
+            state.update(norm(make, f"{dec}.norms.{n}"))
     head: dict[str, torch.Tensor] = {}
     for k in range(LAYERS + int(two_stage)):
         if k == 0 or not shared_heads:  # shared: the same values saved once per layer
             head = {
-                **_linear(make, "cls", CLASSES, D),
-                **_linear(make, "reg.0", D, D),
-                **_linear(make, "reg.2", D, D),
-                **_linear(make, "reg.4", 4, D),
+                **linear(make, "cls", CLASSES, D),
+                **linear(make, "reg.0", D, D),
+                **linear(make, "reg.2", D, D),
+                **linear(make, "reg.4", 4, D),
             }
         for name, value in head.items():
             kind, rest = name.split(".", 1)

@@ -11,6 +11,12 @@ from typing import Any
 
 from .detectron2 import ConversionError, convert_detectron2_resnet
 from .detrex import convert_detrex_dab_detr
+from .detrex_deformable import (
+    convert_detrex_deformable_detr,
+    convert_detrex_deformable_detr_refine,
+    detrex_deformable_format,
+    is_detrex_deformable,
+)
 from .mmdet_adamixer import convert_mmdet_adamixer
 from .mmdet_deformable import (
     convert_mmdet_deformable_detr,
@@ -26,6 +32,8 @@ __all__ = [
     "detect_format",
     "convert_detectron2_resnet",
     "convert_detrex_dab_detr",
+    "convert_detrex_deformable_detr",
+    "convert_detrex_deformable_detr_refine",
     "convert_mmdet_adamixer",
     "convert_mmdet_deformable_detr",
     "convert_mmdet_deformable_detr_refine",
@@ -36,6 +44,8 @@ __all__ = [
 CONVERTERS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "detectron2_resnet": convert_detectron2_resnet,
     "detrex_dab_detr": convert_detrex_dab_detr,
+    "detrex_deformable_detr": convert_detrex_deformable_detr,
+    "detrex_deformable_detr_refine": convert_detrex_deformable_detr_refine,
     "mmdet_adamixer": convert_mmdet_adamixer,
     "mmdet_deformable_detr": convert_mmdet_deformable_detr,
     "mmdet_deformable_detr_refine": convert_mmdet_deformable_detr_refine,
@@ -71,8 +81,11 @@ def detect_format(state: Mapping[str, Any]) -> str | None:
         state: a checkpoint's ``"model"`` entry.
 
     Returns:
-        ``"detrex_dab_detr"`` when keys start with ``transformer.``; ``"detectron2_resnet"`` when
-        they start with ``stem.``/``res2.`` (optionally under ``backbone.``);
+        ``"detrex_dab_detr"`` when keys start with ``transformer.``, or
+        ``"detrex_deformable_detr"`` / ``"detrex_deformable_detr_refine"`` when they also include
+        ``transformer.level_embeds`` (see :func:`detrex_deformable_format`);
+        ``"detectron2_resnet"`` when they start with ``stem.``/``res2.`` (optionally under
+        ``backbone.``);
         ``"mmdet_deformable_detr"`` / ``"mmdet_deformable_detr_refine"`` for keys under
         ``bbox_head.transformer.`` (see :func:`mmdet_deformable_format`); ``"mmdet_adamixer"``
         for keys under ``roi_head.`` or ``rpn_head.`` (mmdet's AdaMixer);
@@ -84,7 +97,11 @@ def detect_format(state: Mapping[str, Any]) -> str | None:
     """
     found = []
     if any(key.startswith("transformer.") for key in state):
-        found.append("detrex_dab_detr")
+        # Both detrex detectors nest the transformer; only the multi-scale one has level_embeds.
+        if is_detrex_deformable(state):
+            found.append(detrex_deformable_format(state))
+        else:
+            found.append("detrex_dab_detr")
     elif any(key.removeprefix("backbone.").startswith(("stem.", "res2.")) for key in state):
         found.append("detectron2_resnet")
     if any(key.startswith("bbox_head.transformer.") for key in state):

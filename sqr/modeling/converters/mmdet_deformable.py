@@ -98,6 +98,44 @@ def torchvision_resnet_rules(source_prefix: str, target_prefix: str) -> list[Rul
     ]
 
 
+def deformable_transformer_rules(prefix: str) -> list[Rule]:
+    """The transformer's layers, named alike by mmdet 2.12 and detrex (mmcv's
+    ``BaseTransformerLayer`` lists): level embeddings, the reference-point projection, MSDA,
+    the decoder's self-attention, the FFNs (``Sequential(Linear, ReLU, Dropout), Linear,
+    Dropout``; ReLU has no weights) and the numbered norms.
+
+    Args:
+        prefix: regex of the transformer's prefix (``bbox_head\\.transformer\\.`` in mmdet,
+            ``transformer\\.`` in detrex).
+    """
+    mha = r"(in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)"
+    rules = [
+        rename(rf"{prefix}level_embeds", "level_embeds"),
+        rename(rf"{prefix}reference_points\.{_WB}", r"reference_points.\1"),
+        rename(
+            rf"{prefix}encoder\.layers\.(\d+)\.attentions\.0\.{_MSDA}\.{_WB}",
+            r"encoder.layers.\1.self_attn.\2.\3",
+        ),
+        rename(
+            rf"{prefix}decoder\.layers\.(\d+)\.attentions\.0\.attn\.{mha}",
+            r"decoder.layers.\1.self_attn.\2",
+        ),
+        rename(
+            rf"{prefix}decoder\.layers\.(\d+)\.attentions\.1\.{_MSDA}\.{_WB}",
+            r"decoder.layers.\1.cross_attn.\2.\3",
+        ),
+        rename(
+            rf"{prefix}(encoder|decoder)\.layers\.(\d+)\.ffns\.0\.layers\.0\.0\.{_WB}",
+            r"\1.layers.\2.ffn.linear1.\3",
+        ),
+        rename(
+            rf"{prefix}(encoder|decoder)\.layers\.(\d+)\.ffns\.0\.layers\.1\.{_WB}",
+            r"\1.layers.\2.ffn.linear2.\3",
+        ),
+    ]
+    return rules + numbered_norm_rules(prefix, {"encoder": 2, "decoder": 3})
+
+
 def _transformer_rules() -> list[Rule]:
     """Everything but the class and box heads."""
     rules = torchvision_resnet_rules(r"backbone\.", "backbone.")
@@ -105,35 +143,12 @@ def _transformer_rules() -> list[Rule]:
         rename(r"neck\.(convs|extra_convs)\.(\d+)\.conv\.weight", r"neck.\1.\2.conv.weight"),
         rename(rf"neck\.(convs|extra_convs)\.(\d+)\.gn\.{_WB}", r"neck.\1.\2.norm.\3"),
         rename(rf"{_H}query_embedding\.weight", "query_embedding.weight"),
-        rename(rf"{_T}level_embeds", "level_embeds"),
-        rename(rf"{_T}reference_points\.{_WB}", r"reference_points.\1"),
         rename(
             rf"{_T}(enc_output|enc_output_norm|pos_trans|pos_trans_norm)\.{_WB}",
             r"proposals.\1.\2",
         ),
-        rename(
-            rf"{_T}encoder\.layers\.(\d+)\.attentions\.0\.{_MSDA}\.{_WB}",
-            r"encoder.layers.\1.self_attn.\2.\3",
-        ),
-        rename(
-            rf"{_T}decoder\.layers\.(\d+)\.attentions\.0\.attn\."
-            r"(in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)",
-            r"decoder.layers.\1.self_attn.\2",
-        ),
-        rename(
-            rf"{_T}decoder\.layers\.(\d+)\.attentions\.1\.{_MSDA}\.{_WB}",
-            r"decoder.layers.\1.cross_attn.\2.\3",
-        ),
-        rename(
-            rf"{_T}(encoder|decoder)\.layers\.(\d+)\.ffns\.0\.layers\.0\.0\.{_WB}",
-            r"\1.layers.\2.ffn.linear1.\3",
-        ),
-        rename(
-            rf"{_T}(encoder|decoder)\.layers\.(\d+)\.ffns\.0\.layers\.1\.{_WB}",
-            r"\1.layers.\2.ffn.linear2.\3",
-        ),
     ]
-    return rules + numbered_norm_rules(_T, {"encoder": 2, "decoder": 3})
+    return rules + deformable_transformer_rules(_T)
 
 
 def _shared_head_rules() -> list[Rule]:

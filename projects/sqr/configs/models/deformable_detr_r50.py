@@ -23,6 +23,7 @@ model = L(DeformableDETR)(
         out_channels="${..embed_dim}",
         num_extra_levels=1,  # stride 64 from C5
         num_groups=32,
+        bias=False,  # mmdet; True for the original Deformable-DETR weights (detrex conversions)
     ),
     position_embedding=L(PositionEmbeddingSine)(
         num_feats=128, temperature=10000, normalize=True, offset=-0.5
