@@ -22,6 +22,12 @@ over the trainable parameters. Per variant it measures:
 ``--compare-sqr`` runs ``baseline`` (``model.recollection.mode=none``), ``sqr`` (the config as
 given) and ``sqr+ckpt`` (``model.decoder.checkpoint_recollected=True``), prints their ratios to the
 baseline and the bound ``1 + (G_total - S) / S * d``: one extra decoder-layer pass per extra group.
+
+``--keep-freed-memory`` (CPU) runs the children with glibc's ``MALLOC_MMAP_MAX_=0`` and a huge
+``MALLOC_TRIM_THRESHOLD_``. By default glibc serves every block over 32 MB with a fresh ``mmap``
+and unmaps it when freed, so each step page-faults its large activations in again; SQR's
+activations are several times larger (AdaMixer's per-query mixing parameters most of all), and
+that kernel time, not arithmetic, then dominates its step. The same variables help training.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ from omegaconf import OmegaConf
 from sqr.config import LazyConfig, instantiate
 
 MB = 1024.0**2
+#: glibc tunables for --keep-freed-memory: never mmap, never give freed memory back.
+KEEP_FREED_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
 RATIO_KEYS = ("train_step_s", "peak_memory_mb", "train_memory_mb", "inference_s_per_img")
 # Everything a child needs to measure one variant exactly as the parent was asked to.
 CHILD_FLAGS = ("--config-file", "--batch-size", "--height", "--width", "--iters", "--warmup")
@@ -77,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--decoder-attr", default="decoder", help="model attribute timed for d")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="run the children with glibc tunables that keep freed memory (see above)",
+    )
     parser.add_argument("--json", default=None, metavar="PATH", help="write all numbers here")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="overrides key=value, after flags")
@@ -236,6 +249,7 @@ def measure_variant(args: argparse.Namespace) -> dict[str, Any]:
         "num_groups": getattr(schedule, "num_groups", None),
         "num_stages": getattr(schedule, "num_stages", None),
         "threads": torch.get_num_threads(),
+        "malloc_env": {k: os.environ.get(k) for k in KEEP_FREED_MEMORY_ENV},
         "trainable_params": sum(p.numel() for p in params),
         # Every timed iteration, to judge the noise behind the medians.
         "train_step_times_s": step_times,
@@ -257,8 +271,13 @@ def run_child(args: argparse.Namespace, name: str, overrides: Sequence[str]) -> 
     fd, out_path = tempfile.mkstemp(prefix="sqr_bench_", suffix=".json")
     os.close(fd)
     try:
+        env = {**os.environ, **KEEP_FREED_MEMORY_ENV} if args.keep_freed_memory else None
         proc = subprocess.run(
-            _child_argv(args, out_path, overrides), capture_output=True, text=True, check=False
+            _child_argv(args, out_path, overrides),
+            capture_output=True,
+            text=True,
+            check=False,
+            env=env,
         )
         if proc.returncode != 0:
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
@@ -400,7 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"config {args.config_file} | overrides {args.opts} | device {args.device} | threads "
         f"{threads} | batch {args.batch_size} x {args.height}x{args.width} | iters {args.iters} "
-        f"warmup {args.warmup} | torch {torch.__version__}",
+        f"warmup {args.warmup} | keep freed memory {args.keep_freed_memory} | torch "
+        f"{torch.__version__}",
         flush=True,
     )
     results = {}

@@ -121,3 +121,16 @@ def test_synthetic_boxes_are_valid_and_reproducible(bench: ModuleType) -> None:
         assert (boxes[:, 2:] > boxes[:, :2]).all()
         assert (boxes >= 0).all() and (boxes[:, 2] <= 80).all() and (boxes[:, 3] <= 48).all()
         assert ((x["targets"]["labels"] >= 0) & (x["targets"]["labels"] < 5)).all()
+
+
+@pytest.mark.slow
+def test_keep_freed_memory_reaches_the_child(bench: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--config-file", SQR_CONFIG, *SMALL, "--threads", "1", "--json", str(out)]
+    assert bench.main([*argv, "--keep-freed-memory", *TINY_DAB_DETR]) == 0
+    (variant,) = json.loads(out.read_text())["variants"].values()
+    assert variant["malloc_env"] == bench.KEEP_FREED_MEMORY_ENV
+    # Without the flag the child sees the environment it was started with.
+    assert bench.main([*argv, *TINY_DAB_DETR]) == 0
+    (variant,) = json.loads(out.read_text())["variants"].values()
+    assert variant["malloc_env"] == {k: None for k in bench.KEEP_FREED_MEMORY_ENV}
