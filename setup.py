@@ -56,7 +56,6 @@ setup(
     extras_require={
         "dev": ["pytest>=7.0", "pytest-timeout>=2.1", "tensorboard>=2.10", "ruff>=0.5"],
         "tensorboard": ["tensorboard>=2.10"],
-        "plot": ["matplotlib>=3.6"],
     },
     cmdclass={"build_py": BuildWithConfigs},
 )

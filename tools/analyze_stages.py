@@ -43,6 +43,7 @@ from sqr.engine import (
 from sqr.evaluation.stage_analysis import StageAnalyzer
 from sqr.evaluation.stages import predict_stages, query_predictions, stage_outputs
 from sqr.utils import comm
+from sqr.utils.file_io import write_atomically
 
 logger = logging.getLogger("sqr.analyze_stages")
 
@@ -268,8 +269,9 @@ def main(args) -> dict:
     )
     log_summary(result)
     out = cfg.train.output_dir
-    with open(os.path.join(out, RESULT_FILE), "w") as f:
-        json.dump(result, f, indent=2)
+    write_atomically(
+        os.path.join(out, RESULT_FILE), lambda f: json.dump(result, f, indent=2), mode="w"
+    )
     plot(result, os.path.join(out, FIGURE_FILE))
     logger.info("Wrote %s and %s to %s", RESULT_FILE, FIGURE_FILE, out)
     return result

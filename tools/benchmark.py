@@ -50,6 +50,7 @@ import torch
 from omegaconf import OmegaConf
 
 from sqr.config import LazyConfig, instantiate
+from sqr.utils.file_io import write_atomically
 
 MB = 1024.0**2
 #: glibc tunables for --keep-freed-memory: never mmap, never give freed memory back.
@@ -379,20 +380,6 @@ def format_table(results: dict[str, dict[str, Any]], rel: dict[str, dict]) -> st
     return "\n".join(lines)
 
 
-def write_json_atomically(data: dict[str, Any], path: str) -> None:
-    """Write to a temporary file next to ``path``, then rename it: no half-written results."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark.
 
@@ -405,7 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args._child is not None:
         try:
-            write_json_atomically(measure_variant(args), args._child)
+            result = measure_variant(args)
+            write_atomically(args._child, lambda f: json.dump(result, f, indent=2), mode="w")
         except BenchmarkError as e:  # a known bad input: the message alone, not a traceback
             print(e, file=sys.stderr)
             return 2
@@ -449,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.update(overrides=list(args.opts), torch_version=torch.__version__)
         settings["threads_used"] = next(iter(results.values()))["threads"]
         data = {"settings": settings, "variants": results, "ratios": rel, "step_bound": bound}
-        write_json_atomically(data, args.json)
+        write_atomically(args.json, lambda f: json.dump(data, f, indent=2), mode="w")
         print(f"wrote {args.json}")
     return 0
 

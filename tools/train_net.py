@@ -41,6 +41,7 @@ from sqr.engine import (
 from sqr.evaluation import inference_on_dataset
 from sqr.utils import comm
 from sqr.utils.events import CommonMetricPrinter, JSONWriter, TensorboardWriter
+from sqr.utils.file_io import write_atomically
 
 logger = logging.getLogger("sqr.train_net")
 
@@ -159,8 +160,8 @@ def do_eval_only(cfg: DictConfig, args, model: torch.nn.Module) -> dict:
             "config_file": args.config_file,
             "world_size": comm.get_world_size(),
         }
-        with open(os.path.join(cfg.train.output_dir, "eval_results.json"), "w") as f:
-            json.dump(record, f, indent=2)
+        path = os.path.join(cfg.train.output_dir, "eval_results.json")
+        write_atomically(path, lambda f: json.dump(record, f, indent=2), mode="w")
     return results
 
 

@@ -16,7 +16,6 @@ import builtins
 import importlib.util
 import logging
 import os
-import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,6 +23,8 @@ from typing import Any
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from sqr.utils.file_io import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -169,16 +170,7 @@ class LazyConfig:
         """
         container = OmegaConf.to_container(cfg, resolve=False)
         text = yaml.safe_dump(_yaml_safe(container, ""), sort_keys=False, default_flow_style=None)
-        directory = os.path.dirname(os.path.abspath(filename))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, filename)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_atomically(filename, lambda f: f.write(text), mode="w")
 
     @staticmethod
     def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:

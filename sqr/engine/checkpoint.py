@@ -15,8 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +24,7 @@ from fvcore.common.checkpoint import Checkpointer
 
 from sqr.modeling.converters import convert, detect_format
 from sqr.utils import comm
+from sqr.utils.file_io import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -139,23 +138,6 @@ class LoadReport:
         for key, got, want in self.shape_mismatched:
             lines.append(f"shape mismatch, skipped: {key} checkpoint {got} vs model {want}")
         return "\n".join(lines)
-
-
-def write_atomically(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, then rename it onto ``path``
-    (an existing ``path`` is untouched if anything fails)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class DetectionCheckpointer(Checkpointer):

@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ from tabulate import tabulate
 
 from sqr.data.catalog import get_metadata
 from sqr.utils import comm
+from sqr.utils.file_io import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -155,19 +155,8 @@ class COCOEvaluator:
     # ------------------------------------------------------------------ internals
 
     def _write_results(self, results: list[dict[str, Any]]) -> None:
-        out_dir = os.path.join(self._output_dir, "inference")
-        os.makedirs(out_dir, exist_ok=True)
-        path = os.path.join(out_dir, "coco_instances_results.json")
-        # Write to a sibling temp file and rename, so readers never see a partial file.
-        fd, tmp = tempfile.mkstemp(prefix=".coco_instances_results-", dir=out_dir)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(results, f)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        path = os.path.join(self._output_dir, "inference", "coco_instances_results.json")
+        write_atomically(path, lambda f: json.dump(results, f), mode="w")
         logger.info("Saved %d predictions to %s", len(results), path)
 
     def _ground_truth(self) -> COCO:

@@ -121,7 +121,7 @@ def test_save_round_trip_and_unserialisable_values(tmp_path: Path, caplog) -> No
     assert "torch.nn.modules.linear.Linear" in text and "<lambda>" in text
     loaded = LazyConfig.load(str(out))
     assert instantiate(loaded.model).out_features == 4  # class saved as its import path
-    assert not list(tmp_path.glob("*.tmp"))
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # no temporary file left
 
 
 def test_instantiate_nested_and_string_targets() -> None:

@@ -156,3 +156,20 @@ def test_mmdet_checkpoint_loads_its_state_dict(tmp_path) -> None:
     data = load_checkpoint_file(str(path))
     assert list(data) == ["model"]
     assert torch.equal(data["model"]["backbone.conv1.weight"], weights["backbone.conv1.weight"])
+
+
+def test_write_atomically_keeps_the_old_file_when_writing_fails(tmp_path) -> None:
+    from sqr.utils.file_io import write_atomically
+
+    path = tmp_path / "sub" / "results.json"
+    write_atomically(str(path), lambda f: f.write('{"AP": 1}'), mode="w")
+    assert path.read_text() == '{"AP": 1}'
+
+    def fail(f) -> None:
+        f.write('{"AP": ')
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_atomically(str(path), fail, mode="w")
+    assert path.read_text() == '{"AP": 1}'  # untouched
+    assert [p.name for p in path.parent.iterdir()] == ["results.json"]  # no temp file left
