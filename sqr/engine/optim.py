@@ -45,6 +45,8 @@ def get_default_optimizer_params(
     for module_name, module in model.named_modules():
         is_norm = isinstance(module, _NORM_TYPES)
         for param_name, param in module.named_parameters(recurse=False):
+            # Frozen weights (FrozenBN, freeze_at) are not optimised; this is about which
+            # parameters train at all, never about train/eval mode.
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))  # a shared parameter belongs to the first module that owns it

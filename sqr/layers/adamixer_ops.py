@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sqr.layers.position_encoding import sine_embedding
+
 
 def xyzr_to_xyxy(xyzr: torch.Tensor) -> torch.Tensor:
     """Tensor[..., 4] (x, y, z, r) -> Tensor[..., 4] (x1, y1, x2, y2) in the same pixels."""
@@ -85,11 +87,7 @@ def xyzr_position_embedding(
         Tensor[..., 4 * num_feats], blocks [x, y, z, r], each with sin/cos interleaved.
     """
     coords = xyzr / xyzr.new_tensor([1000.0, 1000.0, 1.0, 1.0])
-    index = torch.arange(num_feats, dtype=torch.float32, device=xyzr.device)
-    freqs = temperature ** (2 * torch.div(index, 2, rounding_mode="floor") / num_feats)
-    angles = coords[..., None] / freqs  # [..., 4, F]
-    embed = torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1)
-    return embed.flatten(-3)
+    return sine_embedding(coords, num_feats, temperature)
 
 
 def level_weights(z: torch.Tensor, strides: Sequence[int], tau: float = 2.0) -> torch.Tensor:

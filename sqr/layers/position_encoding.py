@@ -85,7 +85,20 @@ def sine_box_embedding(
     Returns:
         Tensor[..., D * num_feats].
     """
-    freqs = _frequencies(num_feats, temperature, boxes.device)
-    encoded = _interleave_sin_cos(boxes[..., None] * (2 * math.pi) / freqs)  # [..., D, F]
     order = [1, 0, *range(2, boxes.shape[-1])]
-    return encoded[..., order, :].flatten(-2)
+    return sine_embedding(boxes[..., order] * (2 * math.pi), num_feats, temperature)
+
+
+def sine_embedding(coords: torch.Tensor, num_feats: int, temperature: float) -> torch.Tensor:
+    """DETR's sine encoding of each coordinate as it is (no scaling): ``num_feats`` channels per
+    coordinate, ``sin`` on the even and ``cos`` on the odd ones of ``coord / temperature **
+    (2 * (i // 2) / num_feats)``.
+
+    Args:
+        coords: Tensor[..., D].
+
+    Returns:
+        Tensor[..., D * num_feats], one block per coordinate in the input's order.
+    """
+    freqs = _frequencies(num_feats, temperature, coords.device)
+    return _interleave_sin_cos(coords[..., None] / freqs).flatten(-2)

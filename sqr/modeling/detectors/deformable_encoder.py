@@ -16,6 +16,7 @@ from torch import nn
 
 from sqr.layers.mlp import FFN
 from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention
+from sqr.layers.position_encoding import sine_embedding
 
 
 def valid_ratios(mask: torch.Tensor) -> torch.Tensor:
@@ -241,8 +242,6 @@ class TwoStageProposals(nn.Module):
     def _sine(self, coords: torch.Tensor) -> torch.Tensor:
         """[B, Q, 4] logit-space boxes -> [B, Q, 4 * C / 2]: per coordinate (x, y, w, h in
         that order) C / 2 interleaved sin/cos features of ``2 pi sigmoid(coord)``."""
-        num_feats = self.embed_dim // 2
-        index = torch.arange(num_feats, dtype=torch.float32, device=coords.device)
-        freqs = self.temperature ** (2 * torch.div(index, 2, rounding_mode="floor") / num_feats)
-        angles = coords.sigmoid()[..., None] * (2 * math.pi) / freqs  # [B, Q, 4, F]
-        return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), -1).flatten(2)
+        return sine_embedding(
+            coords.sigmoid() * (2 * math.pi), self.embed_dim // 2, self.temperature
+        )
