@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -71,18 +72,77 @@ def _read_coco(json_file: str) -> COCO:
         return COCO(json_file)
 
 
+def _check_images(json_file: str, images: list[dict[str, Any]]) -> None:
+    """Check the raw json ``images`` list before ``COCO.imgs`` is trusted.
+
+    ``COCO.imgs`` is keyed by id, so a repeated id keeps only the last entry and the earlier
+    file silently receives its annotations.
+
+    Args:
+        json_file: Path of the json, for error messages.
+        images: The json's ``images`` entries, in file order.
+
+    Raises:
+        ValueError: If an image id is not an integer or is used by two entries.
+    """
+    file_name_by_id: dict[int, str | None] = {}
+    for img in images:
+        image_id = img["id"]
+        # bool is an int subclass and a float id like 2.0 would collide with the int 2.
+        if not isinstance(image_id, int) or isinstance(image_id, bool):
+            raise ValueError(
+                f"{json_file}: image entry with id {image_id!r} (file_name "
+                f"{img.get('file_name')!r}) has a non-integer id; image ids must be integers"
+            )
+        if image_id in file_name_by_id:
+            raise ValueError(
+                f"{json_file}: image id {image_id} is used by both "
+                f"{file_name_by_id[image_id]!r} and {img.get('file_name')!r}; image ids must be "
+                "unique"
+            )
+        file_name_by_id[image_id] = img.get("file_name")
+
+
+def _image_path(json_file: str, image_root_abs: str, img: dict[str, Any]) -> str:
+    """Join an image's json ``file_name`` to the image root, refusing paths that leave it.
+
+    The check is lexical (``normpath``), not ``realpath``: symlinked image folders are
+    legitimate and must keep working.
+
+    Args:
+        json_file: Path of the json, for error messages.
+        image_root_abs: Normalised absolute image root.
+        img: The image's json entry.
+
+    Returns:
+        Normalised absolute path of the image.
+
+    Raises:
+        ValueError: If the path lies outside ``image_root_abs``, e.g. via ``..`` or an
+            absolute ``file_name`` elsewhere.
+    """
+    path = os.path.normpath(os.path.join(image_root_abs, img["file_name"]))
+    if os.path.commonpath([image_root_abs, path]) != image_root_abs:
+        raise ValueError(
+            f"{json_file}: image id {img['id']} has file_name {img['file_name']!r}, which "
+            f"points outside the image root {image_root_abs!r}"
+        )
+    return path
+
+
 def load_coco_json(
     json_file: str, image_root: str, dataset_name: str = ""
 ) -> tuple[list[dict], Metadata]:
     """Load COCO instance annotations as a list of records.
 
-    Boxes with non-positive width or height are dropped (with one warning for the whole
-    file); images without annotations are kept as negative examples.
+    Boxes with a non-finite coordinate or a non-positive width or height are dropped (with
+    one warning for the whole file); images without annotations are kept as negative examples.
 
     Args:
         json_file: Path to a COCO instances json.
         image_root: Directory containing the images; each record's ``file_name`` is
-            ``image_root/<json file_name>`` made absolute.
+            ``image_root/<json file_name>`` made absolute and normalised, and must stay
+            inside ``image_root``.
         dataset_name: Name stored in the returned metadata (for messages only).
 
     Returns:
@@ -91,8 +151,9 @@ def load_coco_json(
 
     Raises:
         FileNotFoundError: If ``json_file`` does not exist.
-        ValueError: If an annotation refers to a category id that the json's
-            ``categories`` list does not define, or lacks a ``bbox``.
+        ValueError: If an image id is not an integer or is repeated, an image's
+            ``file_name`` points outside ``image_root``, or an annotation refers to an image
+            id or category id that the json does not define, or lacks a ``bbox``.
     """
     json_file = os.fspath(json_file)
     image_root = os.fspath(image_root)
@@ -100,6 +161,14 @@ def load_coco_json(
         raise FileNotFoundError(f"COCO annotation file not found: {json_file!r}")
 
     coco = _read_coco(json_file)
+    _check_images(json_file, coco.dataset.get("images", []))
+    # pycocotools indexes such annotations under their image_id and nothing reads them back.
+    for ann in coco.dataset.get("annotations", []):
+        if ann["image_id"] not in coco.imgs:
+            raise ValueError(
+                f"{json_file}: annotation id {ann.get('id')} has image_id {ann['image_id']!r}, "
+                "which is not among the json's images"
+            )
 
     # Contiguous ids follow the sorted json ids so that the mapping is stable regardless of
     # the order categories happen to be listed in the file.
@@ -114,7 +183,7 @@ def load_coco_json(
     for image_id in sorted(coco.imgs):
         img = coco.imgs[image_id]
         record: dict[str, Any] = {
-            "file_name": os.path.join(image_root_abs, img["file_name"]),
+            "file_name": _image_path(json_file, image_root_abs, img),
             "image_id": int(image_id),
             "height": int(img["height"]),
             "width": int(img["width"]),
@@ -134,7 +203,9 @@ def load_coco_json(
                     f"{img['file_name']!r} (id {image_id}) has no 'bbox'"
                 )
             x, y, w, h = (float(v) for v in ann["bbox"])
-            if w <= 0 or h <= 0:
+            # A NaN passes the size test below and an infinite size survives it, so both
+            # would train as a box clamped to the image edge.
+            if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
                 num_dropped += 1
                 continue
             annotations.append(
@@ -149,7 +220,8 @@ def load_coco_json(
 
     if num_dropped:
         logger.warning(
-            "%s: dropped %d annotation(s) whose box has non-positive width or height",
+            "%s: dropped %d annotation(s) whose box is non-finite or non-positive (NaN or "
+            "infinite x, y, w or h, or w <= 0 or h <= 0)",
             json_file,
             num_dropped,
         )

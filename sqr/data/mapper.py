@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image as PILImage
 from torchvision import tv_tensors
@@ -24,8 +25,61 @@ class ImageSizeMismatchError(ValueError):
     """A decoded image's size disagrees with the height/width stored in its record."""
 
 
+# PIL modes holding more than 8 bits per pixel, all single-channel. convert("RGB") clips these
+# to 0..255 instead of scaling, so a 16-bit PNG would come out almost solid white.
+_HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+
+
+def _high_bit_depth_to_uint8(pixels: np.ndarray, mode: str, file_name: str) -> np.ndarray:
+    """Scale a single-channel high-bit-depth image to 8 bits.
+
+    The rules are given in :func:`read_image`.
+
+    Args:
+        pixels: Array[H, W] decoded in PIL mode ``mode``.
+        mode: One of :data:`_HIGH_BIT_DEPTH_MODES`.
+        file_name: Path of the image, for error messages.
+
+    Returns:
+        uint8 Array[H, W].
+
+    Raises:
+        ImageReadError: If a mode ``"I"`` image has negative values or a mode ``"F"`` image
+            has NaN or infinite values, which have no 8-bit intensity.
+    """
+    values = pixels.astype(np.float64)
+    if mode == "F":
+        if not np.isfinite(values).all():
+            raise ImageReadError(
+                f"Image file {file_name!r} (mode 'F') has non-finite pixel values; cannot map "
+                "them to 8 bits"
+            )
+        scaled = values * 255.0 if values.max() <= 1.0 else values
+    else:
+        if values.min() < 0:
+            raise ImageReadError(
+                f"Image file {file_name!r} (mode {mode!r}) has negative pixel values (min "
+                f"{int(values.min())}); cannot map them to 8 bits"
+            )
+        # 16-bit PNGs open as mode "I" in some Pillow versions, so an "I" image that fits in 16
+        # bits is read as 16-bit rather than as a nearly black 32-bit one.
+        full_scale = 65535.0 if mode != "I" or values.max() <= 65535 else float(2**31 - 1)
+        scaled = values * (255.0 / full_scale)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
 def read_image(file_name: str) -> torch.Tensor:
     """Decode an image file as RGB.
+
+    Single-channel images with more than 8 bits per pixel are scaled to 8 bits, then
+    replicated into three channels like 8-bit grayscale:
+
+    * 16-bit (PIL modes ``I;16``, ``I;16B``, ``I;16L``, ``I;16N``): ``round(v * 255 / 65535)``,
+      so 65535 -> 255, 32896 -> 128 and 0 -> 0.
+    * 32-bit int (mode ``I``): as 16-bit if all values are at most 65535 (16-bit PNGs may
+      open as ``I``), otherwise ``round(v * 255 / (2**31 - 1))``.
+    * 32-bit float (mode ``F``): ``round(v * 255)`` if the maximum is at most 1 (intensities
+      in [0, 1]), otherwise ``round(v)`` (intensities in 0..255); either way clipped to 0..255.
 
     Args:
         file_name: Path of the image.
@@ -34,15 +88,20 @@ def read_image(file_name: str) -> torch.Tensor:
         uint8 Tensor[3, H, W].
 
     Raises:
-        ImageReadError: If the file is missing or not a decodable image.
+        ImageReadError: If the file is missing or not a decodable image, or is a mode ``I``
+            image with negative values or a mode ``F`` image with NaN or infinite values.
     """
     try:
         with PILImage.open(file_name) as img:
-            # convert() forces the full decode inside the try, so truncated files fail here.
-            rgb = img.convert("RGB")
+            mode = img.mode
+            # Both branches force the full decode inside the try, so truncated files fail here.
+            if mode not in _HIGH_BIT_DEPTH_MODES:
+                return F.pil_to_tensor(img.convert("RGB"))
+            pixels = np.asarray(img)
     except (OSError, ValueError, PILImage.DecompressionBombError) as e:
         raise ImageReadError(f"Cannot read image file {file_name!r}: {e}") from e
-    return F.pil_to_tensor(rgb)
+    gray = _high_bit_depth_to_uint8(pixels, mode, file_name)
+    return torch.from_numpy(np.repeat(gray[np.newaxis], 3, axis=0))
 
 
 class DetrDatasetMapper:

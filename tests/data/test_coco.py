@@ -101,3 +101,94 @@ def test_unknown_category_names_image_and_id(tmp_path: Path) -> None:
 def test_missing_json(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="missing.json"):
         load_coco_json(str(tmp_path / "missing.json"), str(tmp_path))
+
+
+def test_duplicate_image_id_names_both_files(tmp_path: Path) -> None:
+    # pycocotools keys images by id, so the second entry would silently replace the first and
+    # first.jpg would be trained with second.jpg's boxes.
+    images = [
+        {"id": 3, "file_name": "first.jpg", "height": 10, "width": 10},
+        {"id": 3, "file_name": "second.jpg", "height": 10, "width": 10},
+    ]
+    json_file = _write(tmp_path, images, [_ann(1, 3, 1, [0, 0, 2, 2])], CATEGORIES)
+    with pytest.raises(ValueError) as info:
+        load_coco_json(json_file, str(tmp_path))
+    msg = str(info.value)
+    assert json_file in msg
+    assert "image id 3" in msg
+    assert "'first.jpg'" in msg and "'second.jpg'" in msg
+
+
+def test_non_finite_boxes_dropped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    inf, nan = float("inf"), float("nan")
+    anns = [
+        _ann(1, 2, 1, [10, 10, inf, 20]),  # infinite width
+        _ann(2, 2, 1, [nan, 0, 5, 5]),
+        _ann(3, 2, 1, [0, 0, 5, nan]),
+        _ann(4, 2, 1, [-inf, 0, 5, 5]),
+        _ann(5, 2, 1, [0, 0, 0, 5]),  # zero width: counted with the non-finite ones
+        _ann(6, 2, 1, [1, 2, 3, 4]),  # the only valid box
+    ]
+    json_file = _write(tmp_path, IMAGES, anns, CATEGORIES)
+    with caplog.at_level(logging.WARNING, logger="sqr.data.coco"):
+        records, _ = load_coco_json(json_file, str(tmp_path))
+
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    msg = warnings[0].getMessage()
+    assert json_file in msg and "dropped 5 " in msg and "non-finite or non-positive" in msg
+    image_2 = next(r for r in records if r["image_id"] == 2)
+    assert image_2["annotations"] == [
+        {"bbox": [1.0, 2.0, 4.0, 6.0], "category_id": 0, "iscrowd": 0}
+    ]
+
+
+@pytest.mark.parametrize("file_name", ["../../etc/passwd", "sub/../../outside.jpg", "/etc/passwd"])
+def test_file_name_escaping_image_root_is_refused(tmp_path: Path, file_name: str) -> None:
+    images = [{"id": 5, "file_name": file_name, "height": 10, "width": 10}]
+    json_file = _write(tmp_path, images, [], CATEGORIES)
+    with pytest.raises(ValueError) as info:
+        load_coco_json(json_file, str(tmp_path / "imgs"))
+    msg = str(info.value)
+    assert json_file in msg and "image id 5" in msg and repr(file_name) in msg
+
+
+def test_file_name_inside_image_root_is_normalised(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    images = [
+        # Redundant components that stay under the root are fine, as is an absolute path
+        # inside it.
+        {"id": 1, "file_name": "sub/../a.jpg", "height": 10, "width": 10},
+        {"id": 2, "file_name": str(root / "deep" / "b.jpg"), "height": 10, "width": 10},
+    ]
+    json_file = _write(tmp_path, images, [], CATEGORIES)
+    records, _ = load_coco_json(json_file, str(root))
+    assert [r["file_name"] for r in records] == [
+        str((root / "a.jpg").absolute()),
+        str((root / "deep" / "b.jpg").absolute()),
+    ]
+
+
+@pytest.mark.parametrize("bad_id", ["abc", 2.0, True])
+def test_non_integer_image_id_names_entry(tmp_path: Path, bad_id: object) -> None:
+    images = [
+        {"id": 1, "file_name": "ok.jpg", "height": 10, "width": 10},
+        {"id": bad_id, "file_name": "bad.jpg", "height": 10, "width": 10},
+    ]
+    json_file = _write(tmp_path, images, [], CATEGORIES)
+    with pytest.raises(ValueError) as info:
+        load_coco_json(json_file, str(tmp_path))
+    msg = str(info.value)
+    assert json_file in msg and repr(bad_id) in msg and "'bad.jpg'" in msg
+    assert "must be integers" in msg
+
+
+def test_annotation_of_unknown_image_names_it(tmp_path: Path) -> None:
+    # pycocotools indexes this annotation under image 99 and nothing ever reads it back.
+    json_file = _write(tmp_path, IMAGES, [_ann(8, 99, 1, [0, 0, 2, 2])], CATEGORIES)
+    with pytest.raises(ValueError) as info:
+        load_coco_json(json_file, str(tmp_path))
+    msg = str(info.value)
+    assert json_file in msg and "annotation id 8" in msg and "image_id 99" in msg

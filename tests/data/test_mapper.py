@@ -10,7 +10,12 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from sqr.data.mapper import DetrDatasetMapper, ImageReadError, ImageSizeMismatchError
+from sqr.data.mapper import (
+    DetrDatasetMapper,
+    ImageReadError,
+    ImageSizeMismatchError,
+    read_image,
+)
 from sqr.data.transforms import detr_test_augmentation
 
 
@@ -95,6 +100,74 @@ def test_grayscale_image_converted_to_rgb(tmp_path):
     record = {"file_name": str(path), "image_id": 0, "height": 8, "width": 12, "annotations": []}
     out = DetrDatasetMapper(identity, is_train=False)(record)
     assert tuple(out["image"].shape) == (3, 8, 12) and int(out["image"].min()) == 99
+
+
+def test_16_bit_png_scaled_to_8_bits(tmp_path):
+    # 65535 = 255 * 257, so an exact 16-bit value v maps to v / 257: 65535 -> 255,
+    # 32896 -> 128, 257 -> 1; 128 / 257 = 0.498 rounds to 0 and 129 / 257 = 0.502 to 1.
+    pixels = np.array([[0, 128, 129, 257, 32896, 65535]], dtype=np.uint16)
+    path = tmp_path / "gradient16.png"
+    Image.fromarray(pixels).save(path)
+    assert Image.open(path).mode == "I;16"  # the decoder keeps all 16 bits
+    image = read_image(str(path))
+    assert image.dtype == torch.uint8 and tuple(image.shape) == (3, 1, 6)
+    # Grayscale is replicated into all three channels.
+    assert image.tolist() == [[[0, 0, 1, 1, 128, 255]]] * 3
+
+
+def test_16_bit_big_endian_scaled_to_8_bits(tmp_path):
+    # TIFF keeps the byte order, so this opens as "I;16B", which numpy reads as ">u2".
+    path = tmp_path / "big_endian.tiff"
+    Image.frombytes("I;16B", (3, 1), np.array([0, 32896, 65535], ">u2").tobytes()).save(path)
+    assert Image.open(path).mode == "I;16B"
+    assert read_image(str(path)).tolist() == [[[0, 128, 255]]] * 3
+
+
+def test_32_bit_int_image_scaled(tmp_path):
+    # Mode "I" whose values fit 16 bits is read as 16-bit: 32896 -> 128 as above.
+    fits = tmp_path / "fits16.tiff"
+    Image.fromarray(np.array([[0, 32896, 65535]], dtype=np.int32)).save(fits)
+    assert Image.open(fits).mode == "I"
+    assert read_image(str(fits)).tolist() == [[[0, 128, 255]]] * 3
+    # Beyond 16 bits the int32 range is used: v * 255 / (2**31 - 1), so 2**30 -> 127.50000006
+    # -> 128 and 2**24 -> 1.99 -> 2.
+    wide = tmp_path / "wide.tiff"
+    Image.fromarray(np.array([[0, 2**24, 2**30, 2**31 - 1]], dtype=np.int32)).save(wide)
+    assert read_image(str(wide)).tolist() == [[[0, 2, 128, 255]]] * 3
+
+
+def test_32_bit_int_image_with_negative_values_is_refused(tmp_path):
+    path = tmp_path / "negative.tiff"
+    Image.fromarray(np.array([[-5, 3]], dtype=np.int32)).save(path)
+    with pytest.raises(ImageReadError, match=r"negative\.tiff.*-5"):
+        read_image(str(path))
+
+
+def test_float_image_scaled(tmp_path):
+    # max <= 1: read as [0, 1] intensities, so 0.5 -> 127.5 -> 128 and 0.25 -> 63.75 -> 64.
+    unit = tmp_path / "unit.tiff"
+    Image.fromarray(np.array([[0.0, 0.25, 0.5, 1.0]], dtype=np.float32)).save(unit)
+    assert Image.open(unit).mode == "F"
+    assert read_image(str(unit)).tolist() == [[[0, 64, 128, 255]]] * 3
+    # max > 1: read as 0..255 intensities, rounded and clipped: -3 -> 0, 99.6 -> 100, 300 -> 255.
+    wide = tmp_path / "wide.tiff"
+    Image.fromarray(np.array([[-3.0, 99.6, 300.0]], dtype=np.float32)).save(wide)
+    assert read_image(str(wide)).tolist() == [[[0, 100, 255]]] * 3
+
+
+def test_float_image_with_nan_is_refused(tmp_path):
+    path = tmp_path / "nan.tiff"
+    Image.fromarray(np.array([[0.5, np.nan]], dtype=np.float32)).save(path)
+    with pytest.raises(ImageReadError, match=r"nan\.tiff.*non-finite"):
+        read_image(str(path))
+
+
+def test_truncated_16_bit_png_names_file(tmp_path):
+    path = tmp_path / "cut16.png"
+    Image.fromarray((np.arange(64 * 64) * 7 % 65536).astype(np.uint16).reshape(64, 64)).save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ImageReadError, match=r"cut16\.png"):
+        read_image(str(path))
 
 
 def test_unreadable_image_names_file(tmp_path, image_record):
