@@ -11,9 +11,12 @@ A checkpoint reference (e.g. ``train.init_checkpoint`` in a config) is one of:
 * ``http://...`` or ``https://...``: downloaded to ``cache_dir() / <host> / <url path>``, so one
   URL always maps to one file. A file already there is returned without any network access.
 
-The cache is ``$SQR_CACHE`` when set, else ``~/.cache/sqr``. Downloads are atomic: the data is
-written to a ``.part`` file next to the destination and renamed only once complete and verified,
-so an interrupted or failed download never leaves a file that looks like a checkpoint.
+The cache is ``$SQR_CACHE`` when set, else ``~/.cache/sqr``; every cache file lies inside it (a
+URL whose host or path would leave it is rejected). Downloads are atomic: the data is written to a
+``.part`` file next to the destination and renamed only once complete and verified, so an
+interrupted or failed download never leaves a file that looks like a checkpoint. A download is
+bounded in time (:data:`DEADLINE`) and size (:data:`MAX_BYTES`), and failures to write the cache
+(read-only directory, full disk) are reported with the URL, the file and what to do.
 
 Some checkpoints live on Google Drive, which often refuses scripted downloads (a confirmation page
 or a quota error). When a download fails, the error names the cache path: download the file by
@@ -22,14 +25,19 @@ hand, save it there, and the next ``resolve`` call uses it without touching the 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import http.client
 import logging
 import os
+import re
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,11 +59,21 @@ logger = logging.getLogger(__name__)
 DETECTRON2_PREFIX = "https://dl.fbaipublicfiles.com/detectron2/"
 #: Seconds to wait for the connection and for each read before giving up.
 TIMEOUT = 60.0
+#: Seconds allowed for one whole download. TIMEOUT alone does not bound it: each byte a stalled
+#: server trickles restarts that timer. Three hours still lets a 4 GiB file arrive at ~400 kB/s.
+DEADLINE = 3 * 60 * 60.0
+#: Largest body accepted, in bytes. Detection checkpoints are far smaller, so a larger body is a
+#: wrong URL or a misbehaving server, and must not fill the disk that holds the cache.
+MAX_BYTES = 4 << 30
 #: Read size of the download loop.
 CHUNK_SIZE = 1 << 20
 
 _DETREX_RELEASE = "https://github.com/IDEA-Research/detrex-storage/releases/download/v0.1.0/"
 _SCHEME_SEP = "://"
+# A plain host (DNS labels or an IPv4 address) or a bracketed IPv6 literal, with an optional
+# numeric port. Anything else (".", "..", separators, "user@", "%2e") could name a path outside
+# the cache or a surprising directory once used as a directory name.
+_HOST_RE = re.compile(r"(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?")
 
 
 class DownloadError(RuntimeError):
@@ -100,6 +118,10 @@ def _url_cache_relpath(url: str) -> Path:
     parts = urllib.parse.urlsplit(url)
     if not parts.netloc:
         raise ValueError(f"URL {url!r} has no host")
+    if not _HOST_RE.fullmatch(parts.netloc):
+        raise ValueError(
+            f"URL {url!r} has an unsupported host {parts.netloc!r}; expected HOST or HOST:PORT"
+        )
     # ':' (host:port) is not allowed in Windows file names.
     host = parts.netloc.replace(":", "_")
     segments = [urllib.parse.unquote(s) for s in parts.path.split("/") if s]
@@ -162,8 +184,46 @@ def _build_table() -> dict[str, ZooEntry]:
 CHECKPOINTS: dict[str, ZooEntry] = _build_table()
 
 
+def _cache_path(relpath: str | Path, ref: str) -> Path:
+    """Join ``relpath`` to :func:`cache_dir`, refusing a result outside it.
+
+    Checked after joining, independently of :func:`_url_cache_relpath`, so that no URL or table
+    entry (``..`` segments, an absolute filename) can place a file elsewhere.
+    """
+    root = cache_dir()
+    dest = root / relpath
+    # Lexical on purpose: symlinks inside the cache are the user's choice, ".." in a name is not.
+    normal_root = Path(os.path.normpath(root))
+    normal_dest = Path(os.path.normpath(dest))
+    if normal_dest == normal_root or not normal_dest.is_relative_to(normal_root):
+        raise ValueError(
+            f"Checkpoint {ref!r} maps to {normal_dest}, outside the cache directory {root}; "
+            f"its cache file name {str(relpath)!r} is unsafe"
+        )
+    return dest
+
+
 def _by_hand(url: str, dest: Path) -> str:
     return f"To download it yourself, fetch {url} and save it as {dest}"
+
+
+@contextlib.contextmanager
+def _local_writes(url: str, dest: Path) -> Iterator[None]:
+    """Turn an OSError of the local file system into a DownloadError that says what to do.
+
+    A bare OSError names at most a ``.part`` file, not the URL being saved or the way out.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            advice = (
+                f"Free space on the disk that holds {dest.parent}, or set $SQR_CACHE to a "
+                "directory on another disk."
+            )
+        else:
+            advice = f"Make sure {dest.parent} is a writable directory, or set $SQR_CACHE to one."
+        raise DownloadError(f"Cannot save the download of {url} to {dest}: {e}. {advice}") from e
 
 
 def download(
@@ -172,6 +232,8 @@ def download(
     *,
     sha256: str | None = None,
     progress: bool = True,
+    deadline: float | None = None,
+    max_bytes: int | None = None,
 ) -> Path:
     """Download ``url`` to ``dest`` atomically, optionally verifying its SHA-256.
 
@@ -183,17 +245,32 @@ def download(
         dest: Destination file; parent directories are created. An existing file is replaced.
         sha256: Expected hex digest (case-insensitive); ``None`` skips verification.
         progress: Show a tqdm progress bar.
+        deadline: Seconds allowed for the whole download; ``None`` uses :data:`DEADLINE`. It is
+            checked between reads, each bounded by :data:`TIMEOUT`, so it can be overrun by up
+            to that much.
+        max_bytes: Largest body accepted; ``None`` uses :data:`MAX_BYTES`.
 
     Returns:
         ``dest`` as a :class:`~pathlib.Path`.
 
     Raises:
+        ValueError: ``deadline`` or ``max_bytes`` is not positive.
         DownloadError: On HTTP/network errors, a body shorter than its ``Content-Length``, an
-            HTML page instead of a file, or a hash mismatch. The message names the URL and
-            ``dest``, where the file can be placed by hand.
+            HTML page instead of a file, a hash mismatch, a download that overruns ``deadline``
+            or ``max_bytes``, or a failure to write ``dest``'s directory (read-only, full). The
+            message names the URL and ``dest``, where the file can be placed by hand.
     """
+    # Module constants are read here, not as defaults, so that they can be changed at run time.
+    deadline = DEADLINE if deadline is None else deadline
+    max_bytes = MAX_BYTES if max_bytes is None else max_bytes
+    if deadline <= 0:
+        raise ValueError(f"download of {url}: deadline={deadline} must be positive")
+    if max_bytes <= 0:
+        raise ValueError(f"download of {url}: max_bytes={max_bytes} must be positive")
+    give_up_at = time.monotonic() + deadline
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _local_writes(url, dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
     hand = _by_hand(url, dest)
     request = urllib.request.Request(url, headers={"User-Agent": "sqr-model-zoo"})
     logger.info("Downloading %s to %s", url, dest)
@@ -217,15 +294,23 @@ def download(
             )
         length_header = response.headers.get("Content-Length")
         expected = int(length_header) if length_header and length_header.isdigit() else None
+        if expected is not None and expected > max_bytes:
+            raise DownloadError(
+                f"Download of {url} exceeds the size limit of {max_bytes} bytes: its "
+                f"Content-Length is {expected}. {hand}"
+            )
 
-        tmp = tempfile.NamedTemporaryFile(
-            dir=dest.parent, prefix=dest.name + ".", suffix=".part", delete=False
-        )
+        with _local_writes(url, dest):
+            tmp = tempfile.NamedTemporaryFile(
+                dir=dest.parent, prefix=dest.name + ".", suffix=".part", delete=False
+            )
         tmp_path = Path(tmp.name)
         try:
             hasher = hashlib.sha256()
             received = 0
             with (
+                # Outermost, so that it also sees the final flush when tmp is closed.
+                _local_writes(url, dest),
                 tmp,
                 tqdm(
                     total=expected,
@@ -236,15 +321,29 @@ def download(
                     disable=not progress,
                 ) as bar,
             ):
+                # Bounded by the deadline and the size limit, or by the body's end.
                 while True:
                     try:
-                        chunk = response.read(CHUNK_SIZE)
+                        # read1, not read: read blocks until CHUNK_SIZE bytes or the end of the
+                        # body arrive, which a trickling server can delay past any deadline.
+                        chunk = response.read1(CHUNK_SIZE)
                     except (http.client.HTTPException, OSError) as e:
                         raise DownloadError(
                             f"Download of {url} failed after {received} bytes: {e}. {hand}"
                         ) from e
+                    if time.monotonic() > give_up_at:
+                        raise DownloadError(
+                            f"Download of {url} did not finish within its deadline of "
+                            f"{deadline:g} s; stopped after {received} bytes. {hand}"
+                        )
                     if not chunk:
                         break
+                    if received + len(chunk) > max_bytes:
+                        # Only reachable without a Content-Length, which was checked above.
+                        raise DownloadError(
+                            f"Download of {url} exceeds the size limit of {max_bytes} bytes; "
+                            f"stopped before writing more. {hand}"
+                        )
                     tmp.write(chunk)
                     hasher.update(chunk)
                     received += len(chunk)
@@ -258,9 +357,10 @@ def download(
                 raise DownloadError(
                     f"SHA-256 mismatch for {url}: expected {sha256.lower()}, got {actual}. {hand}"
                 )
-            # NamedTemporaryFile creates mode 0600; a shared cache should stay readable.
-            os.chmod(tmp_path, 0o644)
-            os.replace(tmp_path, dest)
+            with _local_writes(url, dest):
+                # NamedTemporaryFile creates mode 0600; a shared cache should stay readable.
+                os.chmod(tmp_path, 0o644)
+                os.replace(tmp_path, dest)
         except BaseException:
             # Includes KeyboardInterrupt: never leave a .part file behind.
             tmp_path.unlink(missing_ok=True)
@@ -270,7 +370,7 @@ def download(
 
 
 def _resolve_url(url: str, progress: bool) -> str:
-    dest = cache_dir() / _url_cache_relpath(url)
+    dest = _cache_path(_url_cache_relpath(url), url)
     if dest.is_file():
         logger.debug("Using cached %s for %s", dest, url)
         return str(dest)
@@ -282,7 +382,7 @@ def _resolve_zoo(name: str, progress: bool) -> str:
     if entry is None:
         known = ", ".join(sorted(CHECKPOINTS))
         raise ValueError(f"Unknown checkpoint 'sqr://{name}'. Known names: {known}")
-    dest = cache_dir() / entry.filename
+    dest = _cache_path(entry.filename, f"sqr://{name}")
     if dest.is_file():
         # Not re-hashed: a file the user placed by hand is trusted, and hashing GBs is slow.
         logger.debug("Using cached %s for sqr://%s", dest, name)
@@ -309,8 +409,8 @@ def resolve(path_or_url: str, *, progress: bool = True) -> str:
         Path of an existing local file.
 
     Raises:
-        ValueError: Empty reference, unsupported scheme, or unknown ``sqr://`` name (the message
-            lists the known names).
+        ValueError: Empty reference, unsupported scheme, unknown ``sqr://`` name (the message
+            lists the known names), or a URL whose host or path would leave the cache.
         FileNotFoundError: A local path that does not exist.
         DownloadError: The download failed (see :func:`download`).
     """

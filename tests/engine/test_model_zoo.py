@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -17,6 +22,10 @@ from sqr.engine.model_zoo import DownloadError, ZooEntry
 
 PAYLOAD = os.urandom(200_000)
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+#: /trickle.bin sends this many bytes, one every TRICKLE_GAP seconds (3 s in all), so that
+#: the server thread always ends by itself even if the client never hangs up.
+TRICKLE_BYTES = 30
+TRICKLE_GAP = 0.1
 
 
 @dataclass
@@ -47,6 +56,25 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(PAYLOAD[:1000])
             self.wfile.flush()
             self.close_connection = True
+        elif path.endswith("/trickle.bin"):
+            # Each byte resets a per-read socket timeout, so only an overall deadline stops this.
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(TRICKLE_BYTES))
+            self.end_headers()
+            for _ in range(TRICKLE_BYTES):
+                try:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                except OSError:  # the client gave up and closed the connection
+                    return
+                time.sleep(TRICKLE_GAP)
+        elif path.endswith("/nolength.bin"):
+            # No Content-Length: the body ends when the connection closes (HTTP/1.0).
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            self.wfile.write(PAYLOAD)
         elif path.endswith("/page.html"):
             self._send(b"<html>confirm download</html>", "text/html; charset=utf-8")
         elif path.endswith(".bin") or path.endswith(".pkl") or path.endswith("/uc"):
@@ -271,3 +299,156 @@ def test_empty_reference(bad: str | None) -> None:
 def test_bad_urls(ref: str, cache: Path) -> None:
     with pytest.raises(ValueError):
         model_zoo.resolve(ref, progress=False)
+
+
+def _parts(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.part"))
+
+
+def test_deadline_stops_trickling_server(server: Server, cache: Path) -> None:
+    url = f"{server.base}/trickle.bin"
+    dest = cache / "trickle.bin"
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match="deadline") as info:
+        model_zoo.download(url, dest, deadline=0.5, progress=False)
+    # 0.5 s deadline plus at most one 0.1 s gap between bytes; the whole trickle takes 3 s.
+    assert time.monotonic() - start < 2.0
+    msg = str(info.value)
+    assert url in msg and str(dest) in msg
+    got = re.search(r"after (\d+) bytes", msg)
+    assert got is not None and 0 < int(got.group(1)) < TRICKLE_BYTES
+    assert _files(cache) == []
+
+
+def test_deadline_constant_applies_to_resolve(
+    server: Server, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model_zoo, "DEADLINE", 0.3)
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match="deadline"):
+        model_zoo.resolve(f"{server.base}/trickle.bin", progress=False)
+    assert time.monotonic() - start < 2.0
+    assert _files(cache) == []
+
+
+@pytest.mark.parametrize("name", ["file.bin", "nolength.bin"])
+def test_size_limit_rejects_larger_body(name: str, server: Server, cache: Path) -> None:
+    # file.bin announces its size (refused before reading); nolength.bin is cut off mid-stream.
+    url = f"{server.base}/{name}"
+    dest = cache / name
+    limit = len(PAYLOAD) - 1
+    with pytest.raises(DownloadError, match="size limit") as info:
+        model_zoo.download(url, dest, max_bytes=limit, progress=False)
+    msg = str(info.value)
+    assert url in msg and f"{limit} bytes" in msg and str(dest) in msg
+    assert _files(cache) == []
+
+
+@pytest.mark.parametrize("name", ["file.bin", "nolength.bin"])
+def test_size_limit_allows_exact_size(name: str, server: Server, cache: Path) -> None:
+    dest = cache / name
+    model_zoo.download(f"{server.base}/{name}", dest, max_bytes=len(PAYLOAD), progress=False)
+    assert dest.read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize(("kwarg", "value"), [("deadline", 0.0), ("max_bytes", -1)])
+def test_download_rejects_nonpositive_limits(
+    kwarg: str, value: float, server: Server, cache: Path
+) -> None:
+    with pytest.raises(ValueError, match=f"{kwarg}={value}"):
+        model_zoo.download(f"{server.base}/file.bin", cache / "f.bin", **{kwarg: value})
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "http://../x.pth",
+        "http://./x.pth",
+        "http://..:80/x.pth",
+        "http://a\\..\\..\\x/x.pth",
+        "http://user:secret@host/x.pth",
+        "http://host:port/x.pth",
+        "http://%2e%2e/x.pth",
+    ],
+)
+def test_unsafe_host_rejected(ref: str, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_download(url: str, dest: Path, **kwargs: object) -> Path:
+        raise AssertionError(f"would download {url} to {dest}")
+
+    monkeypatch.setattr(model_zoo, "download", no_download)
+    with pytest.raises(ValueError) as info:
+        model_zoo.resolve(ref, progress=False)
+    assert repr(ref) in str(info.value)  # URLs are quoted with repr, as elsewhere in the module
+
+
+@pytest.mark.parametrize("filename", ["../escape.pth", "sub/../../escape.pth", "ABSOLUTE"])
+def test_cache_path_stays_inside_cache(
+    filename: str, server: Server, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Defence in depth: even a table entry must not place a file outside the cache.
+    if filename == "ABSOLUTE":
+        filename = str(tmp_path / "escape.pth")
+    entry = ZooEntry(url=f"{server.base}/zoo/model.bin", sha256=None, filename=filename)
+    monkeypatch.setitem(model_zoo.CHECKPOINTS, "escape", entry)
+    with pytest.raises(ValueError, match="outside the cache") as info:
+        model_zoo.resolve("sqr://escape", progress=False)
+    assert filename in str(info.value)
+    assert _files(tmp_path) == []
+    assert server.requests == []
+
+
+class _FullDisk:
+    """A real ``.part`` file whose every write fails as on a full disk."""
+
+    def __init__(self, real: IO[bytes]) -> None:
+        self._real = real
+        self.name = real.name
+
+    def write(self, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __enter__(self) -> _FullDisk:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._real.close()
+
+
+@pytest.mark.parametrize("fault", ["mkdir", "create", "write", "rename"])
+def test_local_write_errors_name_url_and_file(
+    fault: str, server: Server, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"{server.base}/file.bin"
+    port = server.base.rsplit(":", 1)[1]
+    dest = cache / f"127.0.0.1_{port}" / "file.bin"
+    # Tests run as root, where a chmod 0o500 directory stays writable, so faults are injected.
+    real_tempfile = tempfile.NamedTemporaryFile
+    if fault == "mkdir":
+        # $SQR_CACHE points at a file, so the host directory cannot be created.
+        cache.write_bytes(b"not a directory")
+        advice = "SQR_CACHE"
+    elif fault == "create":
+
+        def read_only(*args: object, **kwargs: object) -> None:
+            raise OSError(errno.EROFS, "Read-only file system", str(kwargs["dir"]))
+
+        monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only)
+        advice = "SQR_CACHE"
+    elif fault == "write":
+
+        def full_disk(*args: object, **kwargs: object) -> _FullDisk:
+            return _FullDisk(real_tempfile(*args, **kwargs))  # type: ignore[arg-type]
+
+        monkeypatch.setattr(tempfile, "NamedTemporaryFile", full_disk)
+        advice = "Free space"
+    else:
+        # A directory in the way of the final rename; the whole body was already written.
+        dest.mkdir(parents=True)
+        advice = "SQR_CACHE"
+    with pytest.raises(DownloadError) as info:
+        model_zoo.resolve(url, progress=False)
+    msg = str(info.value)
+    assert url in msg and str(dest) in msg and advice in msg
+    assert _parts(tmp_path) == []
+    assert not dest.is_file()
