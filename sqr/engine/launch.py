@@ -3,18 +3,25 @@
 * ``num_gpus_per_machine * num_machines == 1`` and no torchrun: run ``main_func`` in place.
 * Otherwise spawn ``num_gpus_per_machine`` workers on this machine, NCCL on CUDA, gloo on CPU
   (``--num-gpus N train.device=cpu`` gives N CPU processes), all joined through ``dist_url``.
+  With ``dist_url="auto"`` the launcher itself serves the rendezvous store for the whole run.
+  Spawned workers exit as soon as their launcher dies, however it dies.
 * Under ``torchrun`` (RANK, WORLD_SIZE and LOCAL_RANK set) the process is already a worker:
   the group is initialised from the environment and nothing is spawned.
 """
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import logging
 import os
-import socket
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 import torch.distributed as dist
@@ -23,12 +30,7 @@ import torch.multiprocessing as mp
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
-
-
-def _find_free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _backend(device: str) -> str:
@@ -63,8 +65,8 @@ def launch(
         num_gpus_per_machine: processes to start on this machine.
         num_machines: machines in the job.
         machine_rank: this machine's index.
-        dist_url: rendezvous address, ``tcp://host:port``; "auto" picks a free local port
-            (single machine only).
+        dist_url: rendezvous address, ``tcp://host:port``; "auto": this process serves the
+            rendezvous on a free local port until the workers finish (single machine only).
         args: arguments for ``main_func``.
         device: "cuda" (NCCL) or "cpu" (gloo).
         timeout: collective timeout (long evaluations on rank 0 need a generous one).
@@ -76,6 +78,7 @@ def launch(
             device,
             timeout,
             init_method="env://",
+            join_launcher_store=False,
             rank=int(os.environ["RANK"]),
             world_size=int(os.environ["WORLD_SIZE"]),
             local_rank=int(os.environ["LOCAL_RANK"]),
@@ -85,10 +88,16 @@ def launch(
     if world_size <= 1:
         main_func(*args)
         return
+    launcher_store = None
     if dist_url in (None, "auto"):
         if num_machines != 1:
             raise ValueError("--dist-url auto only works on one machine; give tcp://<host>:<port>")
-        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
+        # Bound here and held until this call returns, after the workers: a port found free,
+        # released and bound again by rank 0 seconds later can be taken by another process.
+        launcher_store = dist.TCPStore(
+            "127.0.0.1", 0, is_master=True, timeout=timeout, wait_for_workers=False
+        )
+        dist_url = f"tcp://127.0.0.1:{launcher_store.port}"
     if device.startswith("cuda") and num_gpus_per_machine > torch.cuda.device_count():
         raise ValueError(
             f"--num-gpus {num_gpus_per_machine} but only {torch.cuda.device_count()} CUDA devices "
@@ -106,6 +115,8 @@ def launch(
             world_size,
             num_gpus_per_machine,
             machine_rank,
+            launcher_store is not None,
+            os.getpid(),
         ),
         daemon=False,
         start_method="spawn",
@@ -122,7 +133,10 @@ def _spawned_worker(
     world_size: int,
     num_gpus_per_machine: int,
     machine_rank: int,
+    join_launcher_store: bool,
+    launcher_pid: int,
 ) -> None:
+    _exit_with_launcher(launcher_pid)
     rank = machine_rank * num_gpus_per_machine + local_rank
     # Mirror torchrun's variables so that every helper finds the same information either way.
     os.environ.update(
@@ -137,10 +151,60 @@ def _spawned_worker(
         device,
         timeout,
         init_method=dist_url,
+        join_launcher_store=join_launcher_store,
         rank=rank,
         world_size=world_size,
         local_rank=local_rank,
     )
+
+
+def _exit_with_launcher(launcher_pid: int) -> None:
+    """Make this spawned worker exit as soon as the launcher process that spawned it dies.
+
+    Without this, killing the launcher leaves its workers training and writing checkpoints.
+    torch arms SIGINT as the parent-death signal, but a launcher started in the background by a
+    script ignores SIGINT and its workers inherit that. SIGKILL cannot be ignored, and
+    checkpoints are written atomically, so it leaves none half-written.
+
+    Args:
+        launcher_pid: the process id of the launcher, taken before spawning.
+    """
+    if not _set_parent_death_signal(signal.SIGKILL):
+        threading.Thread(
+            target=_watch_launcher, args=(launcher_pid,), name="launcher-watchdog", daemon=True
+        ).start()
+    # The launcher may have died before the signal was armed, and then it never comes.
+    if os.getppid() != launcher_pid:
+        os._exit(1)
+
+
+def _set_parent_death_signal(sig: int) -> bool:
+    """Have Linux send ``sig`` to this process when the thread that spawned it exits.
+
+    That thread is the one that called :func:`launch`, which waits in it for the workers.
+
+    Args:
+        sig: the signal to receive.
+
+    Returns:
+        False where prctl is unavailable (not Linux).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_PDEATHSIG, {sig}) failed: {os.strerror(err)}")
+    return True
+
+
+def _watch_launcher(launcher_pid: int) -> None:
+    """Poll for the launcher's death where no parent-death signal exists: once it is gone this
+    process is re-parented, so the parent id changes."""
+    while os.getppid() == launcher_pid:
+        time.sleep(1.0)
+    # os._exit, not sys.exit: in a thread, SystemExit would end only this thread.
+    os._exit(1)
 
 
 def _init_and_run(
@@ -150,6 +214,7 @@ def _init_and_run(
     timeout: datetime.timedelta,
     *,
     init_method: str,
+    join_launcher_store: bool,
     rank: int,
     world_size: int,
     local_rank: int,
@@ -158,8 +223,18 @@ def _init_and_run(
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
     try:
+        if join_launcher_store:
+            # The launcher serves the store at init_method: every rank joins it as a client.
+            url = urlsplit(init_method)
+            rendezvous = {
+                "store": dist.TCPStore(
+                    url.hostname, url.port, world_size, is_master=False, timeout=timeout
+                )
+            }
+        else:
+            rendezvous = {"init_method": init_method}
         dist.init_process_group(
-            backend, init_method=init_method, world_size=world_size, rank=rank, timeout=timeout
+            backend, world_size=world_size, rank=rank, timeout=timeout, **rendezvous
         )
     except Exception as e:
         raise RuntimeError(f"process group init failed at {init_method} (rank {rank}): {e}") from e
