@@ -1,8 +1,15 @@
-"""Box helpers not in torchvision.ops (use its box_convert, generalized_box_iou)."""
+"""Box helpers not in torchvision.ops (use its box_convert, box_area, sigmoid_focal_loss).
+
+The generalised IoU is here rather than taken from ``torchvision.ops.generalized_box_iou``
+because the recipes' GIoU is not torchvision's: detrex (``detrex/layers/box_ops.py``, from DETR's
+``util/box_ops.py``) adds ``1e-6`` to the union and to the enclosing area, which torchvision does
+not; with ``eps=0`` the functions below give torchvision's values bit for bit.
+"""
 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -25,3 +32,58 @@ def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
     """Tensor[..., 4] (x1, y1, x2, y2) -> Tensor[..., 4] (cx, cy, w, h); any leading shape."""
     low, high = boxes[..., :2], boxes[..., 2:]
     return torch.cat([(low + high) / 2, high - low], dim=-1)
+
+
+def generalized_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
+    """Pairwise generalised IoU, with torchvision's broadcasting over leading dims.
+
+    Args:
+        boxes1: Tensor[..., N, 4], (x1, y1, x2, y2).
+        boxes2: Tensor[..., M, 4], (x1, y1, x2, y2); leading dims broadcast with ``boxes1``'s.
+        eps: added to the union and to the enclosing area, see
+            :func:`elementwise_generalized_box_iou`.
+
+    Returns:
+        Tensor[..., N, M], float32 or float64.
+    """
+    return elementwise_generalized_box_iou(boxes1[..., :, None, :], boxes2[..., None, :, :], eps)
+
+
+def elementwise_generalized_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
+    """Generalised IoU of corresponding boxes: the diagonal of :func:`generalized_box_iou`
+    without the N x M matrix (the set loss's case).
+
+    Computed as detrex does it: ``inter / (union + eps) - (hull - union) / (hull + eps)``, the raw
+    union in the numerator. ``eps=0`` is torchvision's formula. mmdet instead clamps
+    (``max(union, eps)``, ``max(hull, eps)``) on pixel boxes, where that never binds for real
+    boxes: its recipes match ``eps=0`` on the normalised boxes used here.
+
+    Args:
+        boxes1: Tensor[..., 4], (x1, y1, x2, y2).
+        boxes2: Tensor[..., 4], (x1, y1, x2, y2), broadcastable with ``boxes1``.
+        eps: added to the union and the enclosing area; it keeps the value finite for empty
+            boxes and, on normalised boxes, lowers the IoU of small ones measurably
+            (by about ``eps / union`` relative).
+
+    Returns:
+        Tensor[...], float32 or float64 (half precision is upcast, as torchvision does: an
+        ``eps`` of 1e-6 and the areas of small normalised boxes are below its resolution).
+    """
+    if boxes1.dtype not in (torch.float32, torch.float64):
+        boxes1 = boxes1.float()
+    if boxes2.dtype not in (torch.float32, torch.float64):
+        boxes2 = boxes2.float()
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    overlap = torch.min(boxes1[..., 2:], boxes2[..., 2:]) - torch.max(
+        boxes1[..., :2], boxes2[..., :2]
+    )
+    overlap = overlap.clamp(min=0)
+    inter = overlap[..., 0] * overlap[..., 1]
+    union = area1 + area2 - inter
+    hull_wh = torch.max(boxes1[..., 2:], boxes2[..., 2:]) - torch.min(
+        boxes1[..., :2], boxes2[..., :2]
+    )
+    hull_wh = hull_wh.clamp(min=0)
+    hull = hull_wh[..., 0] * hull_wh[..., 1]
+    return inter / (union + eps) - (hull - union) / (hull + eps)

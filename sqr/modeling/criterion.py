@@ -12,11 +12,12 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import generalized_box_iou, sigmoid_focal_loss
+from torchvision.ops import sigmoid_focal_loss
 
-from sqr.layers.box_ops import box_cxcywh_to_xyxy
+from sqr.layers.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 from sqr.modeling.matcher import (
     HungarianMatcher,
+    check_giou_eps,
     check_l1_box_format,
     check_predictions,
     l1_boxes,
@@ -40,6 +41,10 @@ class SetCriterion(nn.Module):
         focal_alpha: ``alpha`` of the sigmoid focal loss.
         focal_gamma: ``gamma`` of the sigmoid focal loss.
         l1_box_format: ``"cxcywh"`` or ``"xyxy"``, the box format the L1 loss is measured in.
+        giou_eps: added to the union and the enclosing area of the GIoU, on normalised boxes
+            (:func:`~sqr.layers.box_ops.elementwise_generalized_box_iou`). 1e-6 is detrex's
+            loss; 0 is torchvision's GIoU, which is also what mmdet's recipes compute (their eps
+            is a clamp on pixel areas that real boxes never reach).
     """
 
     def __init__(
@@ -50,6 +55,7 @@ class SetCriterion(nn.Module):
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         l1_box_format: str = "cxcywh",
+        giou_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -60,18 +66,20 @@ class SetCriterion(nn.Module):
                 f"weight_dict must have exactly the keys {list(LOSS_NAMES)}, got {sorted(weights)}"
             )
         check_l1_box_format(l1_box_format)
+        check_giou_eps(giou_eps)
         self.num_classes = num_classes
         self.matcher = matcher
         self.weight_dict = {k: float(weights[k]) for k in LOSS_NAMES}
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.l1_box_format = l1_box_format
+        self.giou_eps = giou_eps
 
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, weight_dict={self.weight_dict}, "
             f"focal_alpha={self.focal_alpha}, focal_gamma={self.focal_gamma}, "
-            f"l1_box_format={self.l1_box_format!r}"
+            f"l1_box_format={self.l1_box_format!r}, giou_eps={self.giou_eps}"
         )
 
     def forward(
@@ -118,7 +126,7 @@ class SetCriterion(nn.Module):
         g_idx, b_idx, q_idx, t_idx = self._flatten_indices(indices, device)
 
         # Loss math in at least float32: half-precision sums over G * B * Q * K terms lose too
-        # much, and torchvision's GIoU upcasts anyway. Gradients flow back through the casts.
+        # much, and the GIoU upcasts anyway. Gradients flow back through the casts.
         dtype = torch.promote_types(
             torch.promote_types(pred_logits.dtype, pred_boxes.dtype), torch.float32
         )
@@ -232,10 +240,10 @@ class SetCriterion(nn.Module):
         src = pred_boxes[g_idx, b_idx, q_idx]  # [M, 4]
         tgt = boxes[b_idx, t_idx].to(src.dtype)  # [M, 4]
         l1 = (l1_boxes(src, self.l1_box_format) - l1_boxes(tgt, self.l1_box_format)).abs().sum(-1)
-        # Each pair as a batch of one-vs-one box sets: [M, 1, 1] (the diagonal, not M x M).
-        giou = generalized_box_iou(
-            box_cxcywh_to_xyxy(src)[:, None], box_cxcywh_to_xyxy(tgt)[:, None]
+        # Pair by pair: the diagonal of detrex's M x M matrix without building it.
+        giou = elementwise_generalized_box_iou(
+            box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt), eps=self.giou_eps
         )
-        giou_loss = 1 - giou.reshape(-1)
+        giou_loss = 1 - giou
         zeros = pred_boxes.new_zeros(num_groups)
         return zeros.index_add(0, g_idx, l1), zeros.index_add(0, g_idx, giou_loss)

@@ -12,14 +12,19 @@ from __future__ import annotations
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
-from torchvision.ops import generalized_box_iou
 
-from sqr.layers.box_ops import box_cxcywh_to_xyxy
+from sqr.layers.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 
 L1_BOX_FORMATS = ("cxcywh", "xyxy")
 
 # A full-image box: gives finite L1/GIoU costs in padded target columns, which are never read.
 _PAD_BOX = (0.5, 0.5, 1.0, 1.0)
+
+
+def check_giou_eps(giou_eps: float) -> None:
+    """Raise ``ValueError`` unless ``giou_eps`` is non-negative."""
+    if not giou_eps >= 0:  # also rejects NaN
+        raise ValueError(f"giou_eps must be non-negative, got {giou_eps}")
 
 
 def check_l1_box_format(l1_box_format: str) -> None:
@@ -90,6 +95,10 @@ def check_predictions(pred_logits: Tensor, pred_boxes: Tensor, targets: list[dic
         )
 
 
+#: Stands in for a NaN or infinite matching cost, so that scipy can still assign.
+_UNMATCHABLE = 1e12
+
+
 class HungarianMatcher(nn.Module):
     """One-to-one assignment of queries to ground-truth boxes for every (group, image) pair.
 
@@ -106,6 +115,10 @@ class HungarianMatcher(nn.Module):
         focal_gamma: ``gamma`` of the focal classification cost.
         l1_box_format: ``"cxcywh"`` to take the L1 distance between the boxes as predicted, or
             ``"xyxy"`` to take it between their normalised corners (as AdaMixer does).
+        giou_eps: added to the union and the enclosing area of the GIoU, on normalised boxes
+            (:func:`~sqr.layers.box_ops.generalized_box_iou`). 1e-6 is detrex's matcher;
+            0 is torchvision's GIoU, which is also what mmdet's recipes compute (their eps is a
+            clamp on pixel areas that real boxes never reach).
     """
 
     def __init__(
@@ -116,6 +129,7 @@ class HungarianMatcher(nn.Module):
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         l1_box_format: str = "cxcywh",
+        giou_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         weights = {"cost_class": cost_class, "cost_bbox": cost_bbox, "cost_giou": cost_giou}
@@ -125,18 +139,21 @@ class HungarianMatcher(nn.Module):
         if all(v == 0 for v in weights.values()):
             raise ValueError(f"at least one matching cost weight must be non-zero, got {weights}")
         check_l1_box_format(l1_box_format)
+        check_giou_eps(giou_eps)
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.l1_box_format = l1_box_format
+        self.giou_eps = giou_eps
 
     def extra_repr(self) -> str:
         return (
             f"cost_class={self.cost_class}, cost_bbox={self.cost_bbox}, "
             f"cost_giou={self.cost_giou}, focal_alpha={self.focal_alpha}, "
-            f"focal_gamma={self.focal_gamma}, l1_box_format={self.l1_box_format!r}"
+            f"focal_gamma={self.focal_gamma}, l1_box_format={self.l1_box_format!r}, "
+            f"giou_eps={self.giou_eps}"
         )
 
     @torch.no_grad()
@@ -156,7 +173,7 @@ class HungarianMatcher(nn.Module):
             ``min(Q, N_b)`` sorted by query index; empty when image ``b`` has no targets.
 
         Raises:
-            ValueError: if the shapes disagree or a cost of a real target is NaN or infinite.
+            ValueError: if the shapes disagree.
         """
         check_predictions(pred_logits, pred_boxes, targets)
         num_groups, _, num_queries, _ = pred_logits.shape
@@ -168,16 +185,11 @@ class HungarianMatcher(nn.Module):
 
         # [G, B, Q, N_max]; one device-to-host copy for all pairs.
         cost = self._cost(pred_logits, pred_boxes, labels, boxes).cpu()
-        # Padding columns are ignored, so only the costs of real targets have to be finite. The
-        # validity mask is rebuilt on the host from the counts rather than copied over.
-        valid = torch.arange(cost.shape[-1])[None, :] < torch.tensor(counts)[:, None]  # [B, N_max]
-        bad = ~torch.isfinite(cost) & valid[None, :, None, :]
-        if bad.any():
-            g, b = (int(i) for i in bad.nonzero()[0, :2])
-            raise ValueError(
-                f"non-finite matching cost for query group {g}, image {b} "
-                "(NaN or infinite predictions?)"
-            )
+        # Non-finite predictions (a diverged model) must not stop the matching: any assignment
+        # then gives a non-finite loss, and the trainer's check stops every rank together with
+        # one error naming the iteration. Raising here would leave the other DDP ranks waiting
+        # in the gradient all-reduce until the collective timeout.
+        cost = torch.nan_to_num(cost, nan=_UNMATCHABLE, posinf=_UNMATCHABLE, neginf=-_UNMATCHABLE)
 
         cost_np = cost.numpy()
         indices: list[list[tuple[Tensor, Tensor]]] = []
@@ -232,7 +244,9 @@ class HungarianMatcher(nn.Module):
             l1_boxes(pred, self.l1_box_format), l1_boxes(tgt, self.l1_box_format), p=1
         )
         # generalized_box_iou broadcasts over the leading [G, B] dims: [G, B, Q, N_max].
-        cost_giou = -generalized_box_iou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(tgt))
+        cost_giou = -generalized_box_iou(
+            box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(tgt), eps=self.giou_eps
+        )
 
         return (
             self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou

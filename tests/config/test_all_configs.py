@@ -30,6 +30,12 @@ TINY_OVERRIDES: dict[str, list[str]] = {
         for prefix in ("", "sqr_")
         for variant in ("", "refine_", "two_stage_")
     },
+    **{
+        f"projects/sqr/configs/detrex_weights/deformable_detr_r50_{variant}converted.py": (
+            TINY_DEFORMABLE_DETR
+        )
+        for variant in ("", "box_refine_", "two_stage_")
+    },
     "projects/sqr/configs/models/adamixer_r50.py": TINY_ADAMIXER,
     **{
         f"projects/sqr/configs/{prefix}adamixer_{recipe}.py": TINY_ADAMIXER
@@ -74,6 +80,16 @@ def test_config_loads_and_instantiates(path: Path) -> None:
 
 def test_there_are_configs_to_check() -> None:
     assert any(p.name == "train.py" for p in CONFIG_FILES)
+
+
+def test_every_model_config_has_tiny_overrides() -> None:
+    # A config left out of TINY_OVERRIDES builds its full-size model (an R50 or R101) here.
+    has_model = {_ids(p) for p in CONFIG_FILES if "model" in LazyConfig.load(str(p))}
+    tiny_by_design = {
+        "projects/sqr/configs/quickstart/sqr_dab_detr_synthetic.py",
+        "tests/configs/standin_synthetic.py",
+    }
+    assert has_model - tiny_by_design - set(TINY_OVERRIDES) == set()
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=_ids)

@@ -174,3 +174,18 @@ def test_channel_mapping_shares_one_group_norm() -> None:
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="in_channels"):
         ChannelMapping(in_features=["a"], in_channels=[3, 5])
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("num_queries", 0), ("num_queries", -3), ("num_classes", 0)]
+)
+def test_non_positive_counts_are_named(key: str, value: int) -> None:
+    # The criterion keeps its 5 classes, so the detector's own check is what fires.
+    with pytest.raises(ValueError, match=f"{key} must be a positive integer, got {value}"):
+        build("none", "model.criterion.num_classes=5", f"model.{key}={value}")
+
+
+def test_recipe_giou_eps_is_mmdet_s() -> None:
+    # mmdet clamps pixel areas at 1e-6, which real boxes never reach: no eps on normalised boxes.
+    criterion = build("none").criterion
+    assert criterion.giou_eps == criterion.matcher.giou_eps == 0.0

@@ -33,6 +33,13 @@ VARIANTS = {
     "refine": ("deformable_detr_refine_r50_50ep.py", "detrex_deformable_detr_refine"),
     "two_stage": ("deformable_detr_two_stage_r50_50ep.py", "detrex_deformable_detr_refine"),
 }
+#: variant -> the config made for these weights (recipe + ``model.neck.bias=True`` + detrex's
+#: evaluation), named after their model zoo entry.
+WEIGHT_CONFIGS = {
+    "plain": "detrex_weights/deformable_detr_r50_converted.py",
+    "refine": "detrex_weights/deformable_detr_r50_box_refine_converted.py",
+    "two_stage": "detrex_weights/deformable_detr_r50_two_stage_converted.py",
+}
 #: detrex's ChannelMapper convolutions have biases (bias=True default); mmdet's, and our
 #: default, not: these checkpoints load into a model built with ``model.neck.bias=True``.
 NECK_CONV_BIASES = {
@@ -137,10 +144,8 @@ def detrex_deformable_state(make: Callable[..., torch.Tensor], variant: str) -> 
     return state
 
 
-def build_model(config: str, neck_bias: bool = True) -> torch.nn.Module:
-    cfg = LazyConfig.load(str(CONFIGS / config))
-    LazyConfig.apply_overrides(cfg, [f"model.neck.bias={neck_bias}"])
-    return instantiate(cfg.model)
+def build_model(config: str) -> torch.nn.Module:
+    return instantiate(LazyConfig.load(str(CONFIGS / config)).model)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -150,10 +155,8 @@ def test_loads_strictly_into_our_model(variant: str) -> None:
     assert detect_format(state) == fmt
     converted = convert(state, fmt)
     # The mmdet recipe's neck has no convolution biases: exactly those keys are left over.
-    assert set(converted) - set(build_model(config, neck_bias=False).state_dict()) == (
-        NECK_CONV_BIASES
-    )
-    model = build_model(config)  # model.neck.bias=True, as the original Deformable-DETR
+    assert set(converted) - set(build_model(config).state_dict()) == NECK_CONV_BIASES
+    model = build_model(WEIGHT_CONFIGS[variant])  # model.neck.bias=True, as the original
     result = model.load_state_dict(converted, strict=True)  # also checks every shape
     assert not result.missing_keys and not result.unexpected_keys
 

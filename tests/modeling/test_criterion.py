@@ -8,11 +8,13 @@ import pytest
 import torch
 
 import sqr.modeling.criterion as criterion_module
+from sqr.layers import box_ops
 from sqr.modeling.criterion import SetCriterion
 from sqr.modeling.matcher import HungarianMatcher
 
 NAMES = ("loss_class", "loss_bbox", "loss_giou")
 DEFAULT_WEIGHTS = {"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+GIOU_EPS = 1e-6  # detrex's, the criterion's default
 
 
 def _random_inputs(num_groups, counts, num_queries, num_classes, seed=0):
@@ -36,14 +38,14 @@ def _corners(b: torch.Tensor) -> list[float]:
     return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
 
 
-def _giou(a: torch.Tensor, b: torch.Tensor) -> float:
-    """GIoU of two cxcywh boxes, from the definition."""
+def _giou(a: torch.Tensor, b: torch.Tensor, eps: float = GIOU_EPS) -> float:
+    """GIoU of two cxcywh boxes, from the definition with detrex's eps on union and hull."""
     ax1, ay1, ax2, ay2 = _corners(a)
     bx1, by1, bx2, by2 = _corners(b)
     inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
     union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
     hull = (max(ax2, bx2) - min(ax1, bx1)) * (max(ay2, by2) - min(ay1, by1))
-    return inter / union - (hull - union) / hull
+    return inter / (union + eps) - (hull - union) / (hull + eps)
 
 
 def _focal(x: float, y: float, alpha: float = 0.25, gamma: float = 2.0) -> float:
@@ -120,9 +122,10 @@ def test_hand_computed_losses_and_weights():
     logits, boxes, targets = _one_box_case()
     # Focal at p = 0.5 for the positive class: 0.25 * 0.5**2 * ln 2.
     focal = 0.25 * 0.25 * math.log(2)
-    # The boxes overlap on a 0.1 x 0.2 strip: IoU = 0.02 / 0.06 = 1/3; the hull (0.3 x 0.2) equals
-    # the union, so GIoU = 1/3 and the GIoU loss is 2/3. cxcywh L1 = 0.1, xyxy L1 = 0.2.
-    expected = {"loss_class": focal, "loss_bbox": 0.1, "loss_giou": 2 / 3}
+    # The boxes overlap on a 0.1 x 0.2 strip: IoU = 0.02 / (0.06 + eps), 1/3 without the eps; the
+    # hull (0.3 x 0.2) equals the union, so GIoU = IoU and the GIoU loss is 1 - IoU (2/3 without
+    # the eps; the eps adds 0.02 * 1e-6 / 0.06**2 = 5.6e-6). cxcywh L1 = 0.1, xyxy L1 = 0.2.
+    expected = {"loss_class": focal, "loss_bbox": 0.1, "loss_giou": 1 - 0.02 / (0.06 + GIOU_EPS)}
 
     default = SetCriterion(1, HungarianMatcher())(logits, boxes, targets, [0])
     weights = {"loss_class": 2.0, "loss_bbox": 0.5, "loss_giou": 3.0}
@@ -133,6 +136,42 @@ def test_hand_computed_losses_and_weights():
         assert default[f"{name}_s0"].item() == pytest.approx(DEFAULT_WEIGHTS[name] * value)
         assert scaled[f"{name}_s0"].item() == pytest.approx(weights[name] * value)
     assert xyxy["loss_bbox_s0"].item() == pytest.approx(5.0 * 0.2)
+
+
+def _small_box_case():
+    """One query [0, 0, 0.01, 0.01] matched to [0.005, 0.005, 0.015, 0.015] (xyxy), as cxcywh."""
+    logits = torch.zeros(1, 1, 1, 1)
+    boxes = torch.tensor([[[[0.005, 0.005, 0.01, 0.01]]]], dtype=torch.float64)
+    targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([[0.01, 0.01, 0.01, 0.01]])}]
+    return logits, boxes, targets
+
+
+def test_giou_loss_takes_detrex_eps():
+    # inter 2.5e-5, union 1.75e-4, hull 2.25e-4 (see test_matcher): GIoU = 25/176 - 25/113 with
+    # detrex's eps, 1/7 - 2/9 = -5/63 with torchvision's. One box: num_boxes = 1, weight 2.
+    logits, boxes, targets = _small_box_case()
+
+    default = SetCriterion(1, HungarianMatcher())(logits, boxes, targets, [0])
+    plain = SetCriterion(1, HungarianMatcher(giou_eps=0.0), giou_eps=0.0)(
+        logits, boxes, targets, [0]
+    )
+
+    assert default["loss_giou_s0"].item() == pytest.approx(2 * (1 - (25 / 176 - 25 / 113)))
+    assert plain["loss_giou_s0"].item() == pytest.approx(2 * (1 + 5 / 63))
+    # The eps raises this GIoU by 1.7e-4 (it shrinks the hull penalty more than the IoU), so the
+    # weighted loss drops by 3.4e-4 out of 2.16.
+    difference = default["loss_giou_s0"].item() - plain["loss_giou_s0"].item()
+    assert difference == pytest.approx(2 * (-5 / 63 - (25 / 176 - 25 / 113)), rel=1e-4)
+    assert difference == pytest.approx(-3.4e-4, abs=1e-5)
+
+
+def test_elementwise_giou_is_the_diagonal_of_the_pairwise_one():
+    _, boxes, _ = _random_inputs(1, [0], 6, 1, seed=5)
+    a = box_ops.box_cxcywh_to_xyxy(boxes[0, 0])
+    b = a.flip(0) + 0.01
+    for eps in (0.0, GIOU_EPS):
+        pairwise = box_ops.generalized_box_iou(a, b, eps=eps)
+        assert torch.equal(box_ops.elementwise_generalized_box_iou(a, b, eps=eps), pairwise.diag())
 
 
 def test_six_stages_give_eighteen_keys():
@@ -201,6 +240,8 @@ def test_invalid_arguments():
         SetCriterion(1, HungarianMatcher(), weight_dict={**DEFAULT_WEIGHTS, "loss_mask": 1.0})
     with pytest.raises(ValueError, match="'xywh'"):
         SetCriterion(1, HungarianMatcher(), l1_box_format="xywh")
+    with pytest.raises(ValueError, match="giou_eps must be non-negative, got -0.5"):
+        SetCriterion(1, HungarianMatcher(), giou_eps=-0.5)
 
 
 def test_bfloat16_predictions_give_float32_losses():
@@ -213,3 +254,18 @@ def test_bfloat16_predictions_give_float32_losses():
 
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
     assert logits.grad.dtype == torch.bfloat16 and boxes.grad.dtype == torch.bfloat16
+
+
+def test_non_finite_predictions_give_a_non_finite_loss_not_a_matcher_error():
+    # A raise inside the matcher would leave the other DDP ranks waiting in backward; a
+    # non-finite loss reaches the trainer's check, which stops every rank together.
+    logits, boxes, targets = _random_inputs(2, [2, 1], 3, 2, seed=3)
+    boxes = boxes.detach().clone()
+    boxes[1, 0, 0] = float("nan")
+    logits = logits.detach().clone()
+    logits[1, 1, 2, 0] = float("inf")
+
+    losses = SetCriterion(2, HungarianMatcher())(logits, boxes, targets, [0, 1])
+
+    assert all(torch.isfinite(losses[f"{n}_s0"]) for n in NAMES)  # group 0 is clean
+    assert not all(torch.isfinite(losses[f"{n}_s1"]) for n in NAMES)

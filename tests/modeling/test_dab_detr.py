@@ -103,3 +103,18 @@ def test_inference_contract() -> None:
     assert len(first["scores"]) <= 10  # select_box_nums_for_evaluation
     assert (first["boxes"][:, 2] <= 160).all() and (first["boxes"][:, 3] <= 128).all()
     assert first["labels"].max() < 5
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("num_queries", 0), ("num_queries", -3), ("num_classes", 0)]
+)
+def test_non_positive_counts_are_named(key: str, value: int) -> None:
+    # The criterion keeps its 5 classes, so the detector's own check is what fires.
+    with pytest.raises(ValueError, match=f"{key} must be a positive integer, got {value}"):
+        build("none", "model.criterion.num_classes=5", f"model.{key}={value}")
+
+
+def test_recipe_giou_eps_is_detrex_s() -> None:
+    # detrex's box_ops adds 1e-6 to the union and the hull, in the matcher and the loss alike.
+    criterion = build("none").criterion
+    assert criterion.giou_eps == criterion.matcher.giou_eps == 1e-6

@@ -12,12 +12,23 @@ from helpers.tiny import TINY_DEFORMABLE_DETR
 from omegaconf import OmegaConf
 
 from sqr.config import LazyConfig, instantiate
+from sqr.engine.model_zoo import CHECKPOINTS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "projects/sqr/configs"
 VARIANTS = {
     "plain": "sqr_deformable_detr_r50_50ep.py",
     "refine": "sqr_deformable_detr_refine_r50_50ep.py",
     "two_stage": "sqr_deformable_detr_two_stage_r50_50ep.py",
+}
+#: variant -> the config that evaluates detrex's conversion of the original weights (its model
+#: zoo name) and the recipe config it derives from.
+DETREX_WEIGHTS = {
+    "plain": ("deformable_detr_r50_converted", "deformable_detr_r50_50ep.py"),
+    "refine": ("deformable_detr_r50_box_refine_converted", "deformable_detr_refine_r50_50ep.py"),
+    "two_stage": (
+        "deformable_detr_r50_two_stage_converted",
+        "deformable_detr_two_stage_r50_50ep.py",
+    ),
 }
 # Dropout off: the oracle and the checkpointed run consume random numbers in another order.
 NO_DROPOUT = ["model.encoder.dropout=0.0", "model.decoder.dropout=0.0"]
@@ -213,6 +224,8 @@ def test_recipe_optimizer_groups_and_batch() -> None:
         "loss_bbox": 5.0,
         "loss_giou": 2.0,
     }
+    # mmdet's GIoU eps clamps pixel areas, which never binds: none on normalised boxes.
+    assert model.criterion.giou_eps == model.criterion.matcher.giou_eps == 0.0
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -225,3 +238,115 @@ def test_sqr_config_differs_from_its_baseline_only_in_recollection(variant: str)
         cfg.model.recollection.start_stage = None
         cfg.train.output_dir = None
     assert OmegaConf.to_container(sqr, resolve=False) == OmegaConf.to_container(base, resolve=False)
+
+
+def run_capturing_encoder(model: torch.nn.Module, inputs: list[dict]) -> tuple:
+    """``model(inputs)`` without gradients, with the padding mask [B, S] and valid ratios
+    [B, L, 2] its encoder was given."""
+    captured = {}
+    handle = model.encoder.register_forward_hook(
+        lambda module, args, output: captured.update(mask=args[2], ratios=args[4])
+    )
+    try:
+        with torch.no_grad():
+            outputs = model(inputs)
+    finally:
+        handle.remove()
+    return outputs, captured["mask"], captured["ratios"]
+
+
+def recipe_and_detrex_eval(variant: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The recipe's model and one with detrex's eval mask, with the same weights."""
+    recipe = build(variant, "none")
+    detrex = build(variant, "none", "model.mask_padding_in_eval=False")
+    detrex.load_state_dict(recipe.state_dict())
+    return recipe, detrex
+
+
+@pytest.mark.parametrize("variant", ["plain", "two_stage"])
+def test_detrex_eval_mask_is_all_zeros(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe, detrex = recipe_and_detrex_eval(variant)
+    out_recipe, mask_recipe, _ = run_capturing_encoder(recipe.eval(), batch())
+    out_detrex, mask_detrex, ratios = run_capturing_encoder(detrex.eval(), batch())
+
+    # 64 x 80 and 72 x 56 pad to 72 x 80: each image has padding, which the recipe masks.
+    assert mask_recipe[0].any() and mask_recipe[1].any()
+    # detrex's encoder sees none of it: every token valid, every level's valid ratio 1.
+    assert not mask_detrex.any()
+    assert torch.equal(ratios, torch.ones_like(ratios))
+    for a, b in zip(out_recipe, out_detrex, strict=True):
+        assert not torch.equal(a["scores"], b["scores"])
+
+    # It is exactly the recipe's model run on an all-zero padding mask.
+    preprocess = recipe.preprocess_image
+
+    def without_mask(inputs: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        tensor, padding = preprocess(inputs)
+        return tensor, torch.zeros_like(padding)
+
+    monkeypatch.setattr(recipe, "preprocess_image", without_mask)
+    out_zero, _, _ = run_capturing_encoder(recipe, batch())
+    for a, b in zip(out_zero, out_detrex, strict=True):
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_detrex_eval_mask_changes_nothing_in_training() -> None:
+    recipe, detrex = recipe_and_detrex_eval("two_stage")
+    losses_recipe, mask_recipe, _ = run_capturing_encoder(recipe.train(), batch())
+    losses_detrex, mask_detrex, _ = run_capturing_encoder(detrex.train(), batch())
+
+    # detrex masks the padding in training too.
+    assert mask_recipe.any() and torch.equal(mask_detrex, mask_recipe)
+    assert losses_detrex.keys() == losses_recipe.keys()
+    for key, value in losses_recipe.items():
+        assert torch.equal(losses_detrex[key], value), key
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_drop_empty_boxes_option(drop: bool) -> None:
+    model = build("plain", "none", f"model.drop_empty_boxes={drop}").eval()
+    inputs = batch()[:1]  # 64 x 80
+    # Two queries, 5 classes, top-10: every (query, class) pair is a detection. Query 1 lies
+    # right of the image (x from 1.4 to 1.6 of its width): clipping leaves it zero wide.
+    logits = torch.full((1, 2, 5), -5.0)
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [1.5, 0.5, 0.2, 0.2]]])
+
+    result = model.inference(logits, boxes, inputs)[0]
+
+    widths = result["boxes"][:, 2] - result["boxes"][:, 0]
+    assert len(widths) == (5 if drop else 10)
+    assert (widths > 0).sum() == 5
+
+
+@pytest.mark.parametrize("variant", list(DETREX_WEIGHTS))
+def test_detrex_weight_configs_change_only_what_the_weights_need(variant: str) -> None:
+    name, recipe_config = DETREX_WEIGHTS[variant]
+    cfg = LazyConfig.load(str(CONFIGS / "detrex_weights" / f"{name}.py"))
+    recipe = LazyConfig.load(str(CONFIGS / recipe_config))
+
+    assert name in CHECKPOINTS and cfg.train.init_checkpoint == f"sqr://{name}"
+    detrex = {
+        "neck.bias": True,  # the original Deformable-DETR's input projections
+        "mask_padding_in_eval": False,
+        "drop_empty_boxes": True,  # detectron2's detector_postprocess
+        "select_box_nums_for_evaluation": 300,
+    }
+    assert {key: OmegaConf.select(cfg.model, key) for key in detrex} == detrex
+    assert recipe.model.mask_padding_in_eval is True and recipe.model.drop_empty_boxes is False
+    for key, value in detrex.items():
+        OmegaConf.update(recipe.model, key, value)
+    for c in (cfg, recipe):
+        c.train.init_checkpoint = c.train.output_dir = None
+    assert OmegaConf.to_container(cfg, resolve=False) == OmegaConf.to_container(
+        recipe, resolve=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("num_queries", 0), ("num_queries", -3), ("num_classes", 0)]
+)
+def test_non_positive_counts_are_named(key: str, value: int) -> None:
+    # The criterion keeps its 5 classes, so the detector's own check is what fires.
+    with pytest.raises(ValueError, match=f"{key} must be a positive integer, got {value}"):
+        build("plain", "none", "model.criterion.num_classes=5", f"model.{key}={value}")

@@ -9,7 +9,10 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import generalized_box_iou
 
+from sqr.layers import box_ops
 from sqr.modeling.matcher import HungarianMatcher
+
+GIOU_EPS = 1e-6  # detrex's, the matcher's default
 
 
 def _random_boxes(*shape: int, generator: torch.Generator) -> torch.Tensor:
@@ -34,6 +37,15 @@ def _xyxy(b: torch.Tensor) -> torch.Tensor:
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
 
 
+def _giou(a: torch.Tensor, b: torch.Tensor, eps: float = GIOU_EPS) -> torch.Tensor:
+    """GIoU of two xyxy boxes as detrex writes it: ``inter / (union + eps) - (hull - union) /
+    (hull + eps)``."""
+    inter = (torch.min(a[2:], b[2:]) - torch.max(a[:2], b[:2])).clamp(min=0).prod()
+    union = (a[2:] - a[:2]).prod() + (b[2:] - b[:2]).prod() - inter
+    hull = (torch.max(a[2:], b[2:]) - torch.min(a[:2], b[:2])).prod()
+    return inter / (union + eps) - (hull - union) / (hull + eps)
+
+
 def _reference_cost(logits, boxes, labels, tgt_boxes, weights, alpha=0.25, gamma=2.0, xyxy=False):
     """Cost of one (group, image) pair, entry by entry: logits [Q, K], boxes [Q, 4] -> [Q, N]."""
     w_class, w_bbox, w_giou = weights
@@ -48,7 +60,7 @@ def _reference_cost(logits, boxes, labels, tgt_boxes, weights, alpha=0.25, gamma
             if xyxy:
                 a, b = _xyxy(a), _xyxy(b)
             l1 = (a - b).abs().sum()
-            giou = generalized_box_iou(_xyxy(boxes[q : q + 1]), _xyxy(tgt_boxes[t : t + 1]))[0, 0]
+            giou = _giou(_xyxy(boxes[q].double()), _xyxy(tgt_boxes[t].double()))
             cost[q, t] = w_bbox * l1 + w_class * (pos - neg) - w_giou * giou
     return cost
 
@@ -182,19 +194,89 @@ def test_focal_class_cost_prefers_confident_query():
     assert query_idx.tolist() == [1] and target_idx.tolist() == [0]
 
 
-def test_nan_logits_raise():
+def test_nan_logits_are_matched_last_not_an_error():
+    # The trainer, not the matcher, reports a diverged model (through the non-finite loss).
     logits = torch.zeros(2, 2, 3, 2)
     logits[1, 0, 2, 1] = float("nan")
     boxes = torch.full((2, 2, 3, 4), 0.5)
+    boxes[1, 0, 2] = torch.tensor([0.5, 0.5, 0.2, 0.2])  # would be the best match but for NaN
     targets = [
         {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}
         for _ in range(2)
     ]
-    with pytest.raises(ValueError, match="group 1, image 0"):
-        HungarianMatcher()(logits, boxes, targets)
+    indices = HungarianMatcher()(logits, boxes, targets)
+    query_idx, target_idx = indices[1][0]
+    assert target_idx.tolist() == [0] and query_idx.tolist() != [2]
+
+
+def test_giou_eps_enters_union_and_hull_as_in_detrex():
+    # a = [0, 0, 0.01, 0.01], b = [0.005, 0.005, 0.015, 0.015]: both of area 1e-4, overlapping
+    # on a 0.005 x 0.005 square, so inter = 2.5e-5, union = 2e-4 - 2.5e-5 = 1.75e-4 and the hull
+    # (0.015 x 0.015) = 2.25e-4.
+    # detrex: inter / (union + eps) - (hull - union) / (hull + eps), the raw union in the
+    # numerator: 2.5e-5 / 1.76e-4 - 5e-5 / 2.26e-4 = 25/176 - 25/113.
+    # torchvision (eps = 0): 2.5e-5 / 1.75e-4 - 5e-5 / 2.25e-4 = 1/7 - 2/9 = -5/63. That is also
+    # mmdet's value here, which clamps (max(union, eps)) rather than adds, and the values with the
+    # eps in only one of the two places are 25/176 - 2/9 and 1/7 - 25/113: all four differ.
+    a = torch.tensor([[0.0, 0.0, 0.01, 0.01]], dtype=torch.float64)
+    b = torch.tensor([[0.005, 0.005, 0.015, 0.015]], dtype=torch.float64)
+
+    giou = box_ops.generalized_box_iou(a, b)
+    plain = box_ops.generalized_box_iou(a, b, eps=0.0)
+
+    assert giou.shape == (1, 1)
+    assert giou.item() == pytest.approx(25 / 176 - 25 / 113, rel=1e-12, abs=0)
+    assert plain.item() == pytest.approx(-5 / 63, rel=1e-12, abs=0)
+    assert giou.item() - plain.item() == pytest.approx(1.7e-4, abs=1e-5)
+
+
+def test_giou_without_eps_equals_torchvision_over_leading_dims():
+    gen = torch.Generator().manual_seed(5)
+    pred = _xyxy(_random_boxes(2, 3, 5, generator=gen))  # [G, B, Q, 4]
+    tgt = _xyxy(_random_boxes(2, 3, 4, generator=gen))  # [G, B, N, 4]
+
+    ours = box_ops.generalized_box_iou(pred, tgt, eps=0.0)
+
+    assert ours.shape == (2, 3, 5, 4)
+    assert torch.equal(ours, generalized_box_iou(pred, tgt))
+    assert torch.equal(ours[1, 2], generalized_box_iou(pred[1, 2], tgt[1, 2]))
+
+
+def test_giou_eps_keeps_identical_empty_boxes_finite():
+    # Two identical zero-area boxes: inter = union = hull = 0. Without eps 0 / 0 is NaN (as in
+    # torchvision); with it both terms are 0 / eps = 0.
+    box = torch.tensor([[0.3, 0.3, 0.3, 0.3]])
+    assert box_ops.generalized_box_iou(box, box).item() == 0.0
+    assert box_ops.generalized_box_iou(box, box, eps=0.0).isnan().all()
+
+
+def test_matcher_giou_eps_decides_a_near_tie():
+    # GIoU cost only. One query q = [0, 0, 0.01, 0.01] (area 1e-4) and two targets nested with
+    # it, so that each hull equals the union and GIoU = IoU = smaller area / larger area:
+    #   t0 = [0, 0, 0.02, 0.01] contains q: 1e-4 / 2e-4 = 0.5, with eps 1e-4 / 2.01e-4 = 0.49751;
+    #   t1 = [0, 0, 0.00502, 0.01] lies in q: 5.02e-5 / 1e-4 = 0.502, with eps 5.02e-5 / 1.01e-4
+    #   = 0.49703.
+    # The eps weighs more on the smaller union, so it flips the choice from t1 to t0.
+    boxes = torch.tensor([[[[0.005, 0.005, 0.01, 0.01]]]])
+    targets = [
+        {
+            "labels": torch.tensor([0, 0]),
+            "boxes": torch.tensor([[0.01, 0.005, 0.02, 0.01], [0.00251, 0.005, 0.00502, 0.01]]),
+        }
+    ]
+    logits = torch.zeros(1, 1, 1, 1)
+
+    def match(**kwargs) -> list[int]:
+        matcher = HungarianMatcher(cost_class=0, cost_bbox=0, cost_giou=1, **kwargs)
+        return matcher(logits, boxes, targets)[0][0][1].tolist()
+
+    assert match() == [0]  # detrex's eps is the default
+    assert match(giou_eps=0.0) == [1]  # torchvision's GIoU
 
 
 def test_invalid_arguments():
+    with pytest.raises(ValueError, match="giou_eps must be non-negative, got -1e-06"):
+        HungarianMatcher(giou_eps=-1e-6)
     with pytest.raises(ValueError, match="non-zero"):
         HungarianMatcher(cost_class=0, cost_bbox=0, cost_giou=0)
     with pytest.raises(ValueError, match="'xywh'"):

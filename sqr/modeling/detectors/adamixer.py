@@ -24,7 +24,7 @@ from sqr.modeling.criterion import SetCriterion
 from sqr.modeling.recollection import RecollectionSchedule
 
 from .adamixer_decoder import AdaMixerDecoder
-from .base import QueryDetector
+from .base import QueryDetector, check_positive
 
 
 class InitialQueryGenerator(nn.Module):
@@ -91,6 +91,7 @@ class AdaMixer(QueryDetector):
         size_divisibility: int = 32,
         select_box_nums_for_evaluation: int = 100,
     ) -> None:
+        check_positive(num_classes=num_classes, num_queries=num_queries)
         super().__init__(
             num_stages=decoder.num_stages,
             criterion=criterion,

@@ -20,7 +20,7 @@ from sqr.layers.mlp import MLP
 from sqr.modeling.criterion import SetCriterion
 from sqr.modeling.recollection import RecollectionSchedule
 
-from .base import QueryDetector
+from .base import QueryDetector, check_positive
 from .dab_transformer import DabDetrDecoder, DabDetrEncoder
 
 
@@ -63,6 +63,7 @@ class DABDETR(QueryDetector):
         select_box_nums_for_evaluation: int = 300,
         inverse_sigmoid_eps: float = 1e-3,
     ) -> None:
+        check_positive(num_classes=num_classes, num_queries=num_queries)
         super().__init__(
             num_stages=decoder.num_layers,
             criterion=criterion,

@@ -10,6 +10,13 @@ it from ``img_shape`` in both), and inference keeps every top-k box (no empty-bo
 Variants (typed flags): ``with_box_refine`` gives every decoder layer its own heads and refines
 the references layer by layer; ``as_two_stage`` (which needs ``with_box_refine``, as in the
 reference implementations) takes the initial boxes and queries from encoder proposals.
+
+detrex's Deformable-DETR (``projects/deformable_detr/modeling/deformable_detr.py`` at e244e6c),
+whose conversions of the original weights the model zoo lists, evaluates differently, and
+those weights' AP was measured that way: ``mask_padding_in_eval=False`` gives its all-zero
+padding mask in evaluation (``:165``; training masks the padding in both), and
+``drop_empty_boxes=True`` the empty-box filter of detectron2's ``detector_postprocess``. Its
+top-300 is ``select_box_nums_for_evaluation=300``.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from sqr.modeling.criterion import LOSS_NAMES, SetCriterion
 from sqr.modeling.neck import ChannelMapper
 from sqr.modeling.recollection import RecollectionSchedule
 
-from .base import QueryDetector
+from .base import QueryDetector, check_positive
 from .deformable_encoder import DeformableDetrEncoder, TwoStageProposals, valid_ratios
 from .deformable_transformer import DeformableDetrDecoder, refine_boxes
 
@@ -47,6 +54,11 @@ class DeformableDETR(QueryDetector):
         with_box_refine: per-layer heads and iterative reference refinement.
         as_two_stage: initial boxes and queries from encoder proposals (needs refinement).
         inverse_sigmoid_eps: clamp of the logit used to refine boxes (mmdet: 1e-5).
+        mask_padding_in_eval: give the encoder and decoder the padding mask in evaluation too
+            (mmdet); False evaluates with an all-zero mask, as detrex does. Training always
+            masks the padding.
+        drop_empty_boxes: drop the eval boxes that clipping to the image empties (detrex, through
+            detectron2's ``detector_postprocess``); mmdet keeps them.
         criterion, recollection, num_classes, pixel_mean, pixel_std,
         select_box_nums_for_evaluation: see :class:`QueryDetector`.
     """
@@ -71,7 +83,10 @@ class DeformableDETR(QueryDetector):
         pixel_std: Sequence[float] = (58.395, 57.12, 57.375),
         select_box_nums_for_evaluation: int = 100,
         inverse_sigmoid_eps: float = 1e-5,
+        mask_padding_in_eval: bool = True,
+        drop_empty_boxes: bool = False,
     ) -> None:
+        check_positive(num_classes=num_classes, num_queries=num_queries)
         super().__init__(
             num_stages=decoder.num_layers,
             criterion=criterion,
@@ -118,6 +133,8 @@ class DeformableDETR(QueryDetector):
         self.with_box_refine = with_box_refine
         self.as_two_stage = as_two_stage
         self.eps = inverse_sigmoid_eps
+        self.mask_padding_in_eval = mask_padding_in_eval
+        self.drop_empty_boxes = drop_empty_boxes  # read by QueryDetector.inference
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -172,6 +189,8 @@ class DeformableDETR(QueryDetector):
         """:meth:`predict`'s outputs plus, in two-stage, the encoder proposals' logits
         [B, S, K] and boxes [B, S, 4] (else None)."""
         tensor, padding = self.preprocess_image(batched_inputs)
+        if not self.training and not self.mask_padding_in_eval:
+            padding = torch.zeros_like(padding)  # detrex evaluates without a padding mask
         features = self.backbone(tensor)
         levels = self.neck([features[name] for name in self.in_features])
         masks = [F.interpolate(padding[None].float(), size=x.shape[-2:])[0].bool() for x in levels]

@@ -39,10 +39,17 @@ model = L(AdaMixer)(
     criterion=L(SetCriterion)(
         num_classes="${..num_classes}",
         matcher=L(HungarianMatcher)(
-            cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, l1_box_format="xyxy"
+            cost_class=2.0,
+            cost_bbox=5.0,
+            cost_giou=2.0,
+            l1_box_format="xyxy",
+            giou_eps="${..giou_eps}",
         ),
         weight_dict={"loss_class": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0},
         l1_box_format="xyxy",
+        # mmdet's GIoU (IoUCost, GIoULoss) runs on pixel boxes and clamps union and hull at
+        # 1e-6 px^2, which real boxes never reach: on our normalised boxes that is no eps.
+        giou_eps=0.0,
     ),
     # The stage count comes from the decoder, so changing the depth cannot desynchronise them.
     recollection=L(RecollectionSchedule)(num_stages="${..decoder.num_stages}", mode="none"),

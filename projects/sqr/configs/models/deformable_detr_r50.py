@@ -51,8 +51,13 @@ model = L(DeformableDETR)(
     # mmdet: FocalLoss weight 2, L1 5, GIoU 2, and the same weights as matching costs.
     criterion=L(SetCriterion)(
         num_classes="${..num_classes}",
-        matcher=L(HungarianMatcher)(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0),
+        matcher=L(HungarianMatcher)(
+            cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, giou_eps="${..giou_eps}"
+        ),
         weight_dict={"loss_class": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0},
+        # mmdet's GIoU (IoUCost, GIoULoss) runs on pixel boxes and clamps union and hull at
+        # 1e-6 px^2, which real boxes never reach: on our normalised boxes that is no eps.
+        giou_eps=0.0,
     ),
     # The stage count comes from the decoder, so changing the depth cannot desynchronise them.
     recollection=L(RecollectionSchedule)(num_stages="${..decoder.num_layers}", mode="none"),
@@ -63,4 +68,8 @@ model = L(DeformableDETR)(
     as_two_stage=False,
     select_box_nums_for_evaluation=100,  # mmdet test_cfg max_per_img
     inverse_sigmoid_eps=1e-5,  # mmdet's inverse_sigmoid
+    # mmdet masks the padding in evaluation too and keeps boxes that clipping empties; detrex's
+    # weights (detrex_weights/) were evaluated with neither.
+    mask_padding_in_eval=True,
+    drop_empty_boxes=False,
 )
