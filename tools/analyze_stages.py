@@ -19,7 +19,6 @@ into ``--output-dir``, by default ``{train.output_dir}/stage_analysis``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -43,7 +42,7 @@ from sqr.engine import (
 from sqr.evaluation.stage_analysis import StageAnalyzer
 from sqr.evaluation.stages import predict_stages, query_predictions, stage_outputs
 from sqr.utils import comm
-from sqr.utils.file_io import write_atomically
+from sqr.utils.file_io import write_json
 
 logger = logging.getLogger("sqr.analyze_stages")
 
@@ -269,9 +268,7 @@ def main(args) -> dict:
     )
     log_summary(result)
     out = cfg.train.output_dir
-    write_atomically(
-        os.path.join(out, RESULT_FILE), lambda f: json.dump(result, f, indent=2), mode="w"
-    )
+    write_json(os.path.join(out, RESULT_FILE), result, indent=2)
     plot(result, os.path.join(out, FIGURE_FILE))
     logger.info("Wrote %s and %s to %s", RESULT_FILE, FIGURE_FILE, out)
     return result

@@ -50,7 +50,7 @@ import torch
 from omegaconf import OmegaConf
 
 from sqr.config import LazyConfig, instantiate
-from sqr.utils.file_io import write_atomically
+from sqr.utils.file_io import write_json
 
 MB = 1024.0**2
 #: glibc tunables for --keep-freed-memory: never mmap, never give freed memory back.
@@ -393,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args._child is not None:
         try:
             result = measure_variant(args)
-            write_atomically(args._child, lambda f: json.dump(result, f, indent=2), mode="w")
+            write_json(args._child, result, indent=2)
         except BenchmarkError as e:  # a known bad input: the message alone, not a traceback
             print(e, file=sys.stderr)
             return 2
@@ -437,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.update(overrides=list(args.opts), torch_version=torch.__version__)
         settings["threads_used"] = next(iter(results.values()))["threads"]
         data = {"settings": settings, "variants": results, "ratios": rel, "step_bound": bound}
-        write_atomically(args.json, lambda f: json.dump(data, f, indent=2), mode="w")
+        write_json(args.json, data, indent=2)
         print(f"wrote {args.json}")
     return 0
 

@@ -12,7 +12,6 @@ model_XXXXXXX.pth, model_final.pth, last_checkpoint, inference/ (and eval_result
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -31,6 +30,8 @@ from sqr.engine import (
     LRSchedulerHook,
     PeriodicWriter,
     Trainer,
+    check_num_classes,
+    check_train_options,
     default_argument_parser,
     default_setup,
     launch_main,
@@ -41,7 +42,7 @@ from sqr.engine import (
 from sqr.evaluation import inference_on_dataset
 from sqr.utils import comm
 from sqr.utils.events import CommonMetricPrinter, JSONWriter, TensorboardWriter
-from sqr.utils.file_io import write_atomically
+from sqr.utils.file_io import write_json
 
 logger = logging.getLogger("sqr.train_net")
 
@@ -84,6 +85,8 @@ def max_iterations(cfg: DictConfig, loader) -> int:
 
 def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
     """Train ``model`` in place, resuming from ``train.output_dir`` with ``--resume``."""
+    check_train_options(cfg.train)
+    check_num_classes(model, cfg.dataloader.train.dataset)
     model.train()
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -161,7 +164,7 @@ def do_eval_only(cfg: DictConfig, args, model: torch.nn.Module) -> dict:
             "world_size": comm.get_world_size(),
         }
         path = os.path.join(cfg.train.output_dir, "eval_results.json")
-        write_atomically(path, lambda f: json.dump(record, f, indent=2), mode="w")
+        write_json(path, record, indent=2)
     return results
 
 

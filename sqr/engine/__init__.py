@@ -1,12 +1,16 @@
 """Training engine: command line, launch, setup, trainer and hooks, checkpoints, model zoo."""
 
 from .checkpoint import (
+    CheckpointFileError,
     DetectionCheckpointer,
+    IncompatibleCheckpointError,
     LoadReport,
     UnsafeCheckpointError,
     load_trained_weights,
 )
 from .defaults import (
+    check_num_classes,
+    check_train_options,
     default_argument_parser,
     default_setup,
     launch_main,
@@ -27,10 +31,12 @@ from .lr_scheduler import LRMultiplier, LRSchedule
 from .train_loop import HookBase, Trainer
 
 __all__ = [
+    "CheckpointFileError",
     "CheckpointHook",
     "DetectionCheckpointer",
     "EvalHook",
     "HookBase",
+    "IncompatibleCheckpointError",
     "IterationTimer",
     "LRMultiplier",
     "LRSchedule",
@@ -40,6 +46,8 @@ __all__ = [
     "Trainer",
     "UnsafeCheckpointError",
     "capture_rng_state",
+    "check_num_classes",
+    "check_train_options",
     "default_argument_parser",
     "default_setup",
     "launch",

@@ -7,7 +7,10 @@ What changes here:
   checkpoint or a ``last_checkpoint`` pointing at one;
 * ``.pth`` files load with ``torch.load(weights_only=True)`` and detectron2 ``.pkl`` files through
   :class:`RestrictedUnpickler`, which only rebuilds NumPy arrays and plain containers;
-* every model load logs, and returns, a :class:`LoadReport`.
+* every model load logs a :class:`LoadReport` (at WARNING when a tensor of the model stays
+  unloaded); a checkpoint that matches none of the model's tensors is refused, and
+  ``require_complete=True`` (evaluation, ``--resume``) refuses one that leaves any unloaded;
+* an empty, truncated or foreign file is a :class:`CheckpointFileError` naming it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from fvcore.common.checkpoint import Checkpointer
+from fvcore.common.checkpoint import (
+    Checkpointer,
+    get_missing_parameters_message,
+    get_unexpected_parameters_message,
+)
 
 from sqr.modeling.converters import convert, detect_format
 from sqr.utils import comm
@@ -31,6 +38,20 @@ logger = logging.getLogger(__name__)
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint asked to rebuild an object that is not plain data."""
+
+
+class CheckpointFileError(ValueError):
+    """A file is empty, truncated or corrupt, or not a checkpoint at all."""
+
+
+class IncompatibleCheckpointError(ValueError):
+    """A checkpoint does not fit the model: it matches none of its tensors, or (where every
+    tensor must load) leaves some missing or of another shape."""
+
+
+# How torch.save files begin: a zip archive (torch >= 1.6), or the legacy format, a pickle
+# (protocol 2+ starts with the PROTO opcode 0x80).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -88,15 +109,43 @@ def load_pickle_weights(filename: str) -> dict[str, Any]:
     return data
 
 
+def _check_torch_file(filename: str) -> None:
+    with open(filename, "rb") as f:
+        head = f.read(8)
+    if not head:
+        raise CheckpointFileError(
+            f"{filename} is empty (0 bytes): an interrupted copy or download? Fetch it again"
+        )
+    if not head.startswith(_TORCH_MAGIC):
+        raise CheckpointFileError(
+            f"{filename} is not a PyTorch checkpoint: it starts with {head!r}, not a zip archive "
+            "or a pickle (is it a text or HTML file, e.g. a download's error page?)"
+        )
+
+
 def load_checkpoint_file(filename: str) -> dict[str, Any]:
-    """Read a ``.pth``/``.pkl`` file without unpickling arbitrary objects."""
+    """Read a ``.pth``/``.pkl`` file without unpickling arbitrary objects.
+
+    Raises:
+        CheckpointFileError: the file is empty, truncated, corrupt or not a checkpoint.
+        UnsafeCheckpointError: the file would rebuild objects other than tensors and containers.
+    """
     if filename.endswith(".pkl"):
         return load_pickle_weights(filename)
+    _check_torch_file(filename)
     try:
         data = torch.load(filename, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise CheckpointFileError(f"{filename} is truncated or corrupt: {e}") from e
         raise UnsafeCheckpointError(
-            f"{filename}: not loadable as plain tensors and containers (weights_only=True): {e}"
+            f"{filename}: not loadable as plain tensors and containers (weights_only=True): "
+            f"{str(e).splitlines()[0]}"
+        ) from e
+    except (EOFError, RuntimeError, KeyError, ValueError) as e:
+        # What torch.load raises for a damaged zip archive or pickle stream.
+        raise CheckpointFileError(
+            f"{filename} is truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0]})"
         ) from e
     if not isinstance(data, dict):
         raise ValueError(f"{filename}: expected a dict, got {type(data).__name__}")
@@ -119,24 +168,35 @@ class LoadReport:
         default_factory=list
     )
 
-    def matched_fraction(self, model: torch.nn.Module) -> float:
-        """Share of the model's parameter elements that were filled by the checkpoint."""
-        params = dict(model.named_parameters())
-        total = sum(p.numel() for p in params.values())
-        filled = sum(params[k].numel() for k in self.matched if k in params)
-        return filled / max(total, 1)
+    @property
+    def complete(self) -> bool:
+        """Whether every tensor of the model's state_dict was loaded."""
+        return not self.missing and not self.shape_mismatched
 
-    def summary(self) -> str:
-        lines = [
+    def counts(self) -> str:
+        return (
             f"matched {len(self.matched)}, missing {len(self.missing)}, "
             f"unexpected {len(self.unexpected)}, shape-mismatched {len(self.shape_mismatched)}"
+        )
+
+    def unloaded(self, limit: int = 5) -> str:
+        """The first ``limit`` tensors of the model that stay unloaded, shape mismatches first."""
+        items = [
+            f"{key} checkpoint {got} vs model {want}" for key, got, want in self.shape_mismatched
         ]
-        if self.missing:
-            lines.append("missing in checkpoint: " + ", ".join(self.missing))
-        if self.unexpected:
-            lines.append("unexpected in checkpoint: " + ", ".join(self.unexpected))
+        items += [f"{key} missing" for key in self.missing]
+        more = f" and {len(items) - limit} more" if len(items) > limit else ""
+        return "; ".join(items[:limit]) + more
+
+    def summary(self) -> str:
+        """The counts, then the keys, grouped by module as fvcore groups them."""
+        lines = [self.counts()]
         for key, got, want in self.shape_mismatched:
             lines.append(f"shape mismatch, skipped: {key} checkpoint {got} vs model {want}")
+        if self.missing:
+            lines.append(get_missing_parameters_message(self.missing))
+        if self.unexpected:
+            lines.append(get_unexpected_parameters_message(self.unexpected))
         return "\n".join(lines)
 
 
@@ -163,11 +223,23 @@ class DetectionCheckpointer(Checkpointer):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.logger = logger  # fvcore's own messages then reach log.txt with ours
         self.last_report: LoadReport | None = None
+        self._require_complete = False
+        self._loading = ""
 
-    def save(self, name: str, **kwargs: Any) -> None:
+    def save(
+        self, name: str, *, model_buffers: dict[str, torch.Tensor] | None = None, **kwargs: Any
+    ) -> None:
+        """Write ``save_dir/name.pth`` atomically and tag it as ``last_checkpoint``.
+
+        Args:
+            name: file name without ``.pth``.
+            model_buffers: buffers to save instead of the model's current ones (a copy taken
+                when the state to save was current; see :class:`~sqr.engine.CheckpointHook`).
+            kwargs: extra entries of the checkpoint (``iteration``, ``rng``, ...).
+        """
         if not self.save_dir or not self.save_to_disk:
             return
-        data = {"model": self.model.state_dict()}
+        data = {"model": {**self.model.state_dict(), **(model_buffers or {})}}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)
@@ -201,16 +273,48 @@ class DetectionCheckpointer(Checkpointer):
                     (key, tuple(value.shape), tuple(model_state[key].shape))
                 )
                 del state[key]
-        result = self.model.load_state_dict(state, strict=False)
-        report.missing = sorted(result.missing_keys)
-        report.unexpected = sorted(result.unexpected_keys)
         report.matched = sorted(k for k in state if k in model_state)
+        report.unexpected = sorted(k for k in state if k not in model_state)
+        mismatched = {key for key, _, _ in report.shape_mismatched}
+        report.missing = sorted(k for k in model_state if k not in state and k not in mismatched)
         self.last_report = report
-        self.logger.info("Load report: %s", report.summary())
+        # Refuse before load_state_dict: a refused checkpoint leaves the model untouched.
+        if not report.matched:
+            raise IncompatibleCheckpointError(
+                f"{self._loading}: none of its {len(state) + len(report.shape_mismatched)} "
+                f"tensors fits the model ({report.counts()}); this is not a checkpoint of this "
+                f"model. First unloaded: {report.unloaded()}"
+            )
+        if self._require_complete and not report.complete:
+            raise IncompatibleCheckpointError(
+                f"{self._loading} is not a checkpoint of this model: {report.counts()}. "
+                f"First unloaded: {report.unloaded()}"
+            )
+        self.model.load_state_dict(state, strict=False)
+        level = logging.INFO if report.complete else logging.WARNING
+        self.logger.log(level, "Load report for %s: %s", self._loading, report.summary())
         return None  # the report above replaces fvcore's incompatible-keys log
 
-    def load(self, path: str, checkpointables: list[str] | None = None) -> dict[str, Any]:
-        """Load ``path`` (a file, or a URL/zoo name resolved by :mod:`sqr.engine.model_zoo`)."""
+    def load(
+        self,
+        path: str,
+        checkpointables: list[str] | None = None,
+        *,
+        require_complete: bool = False,
+    ) -> dict[str, Any]:
+        """Load ``path`` (a file, or a URL/zoo name resolved by :mod:`sqr.engine.model_zoo`).
+
+        Args:
+            path: the checkpoint reference.
+            checkpointables: which of the other objects to restore (None: all).
+            require_complete: refuse (before touching the model or any other object) a
+                checkpoint that leaves a tensor of the model missing or shape-mismatched.
+
+        Raises:
+            IncompatibleCheckpointError: the checkpoint fits none of the model's tensors, or
+                not all of them with ``require_complete``.
+            CheckpointFileError: the file is empty, corrupt or not a checkpoint.
+        """
         if not path:
             self.logger.info("No checkpoint given: the model keeps its initialisation")
             return {}
@@ -222,14 +326,19 @@ class DetectionCheckpointer(Checkpointer):
             comm.synchronize()
             path = resolve(path)
         self.logger.info("Loading checkpoint from %s", path)
-        return super().load(path, checkpointables)
+        self._require_complete, self._loading = require_complete, path
+        try:
+            return super().load(path, checkpointables)
+        finally:
+            self._require_complete, self._loading = False, ""
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         """Resume from ``last_checkpoint`` in ``save_dir`` when asked and present, else load
         ``path`` as weights only (no optimizer, scheduler or iteration)."""
         if resume and self.has_checkpoint():
             last = self.get_checkpoint_file()
-            extra = self.load(last)
+            # A run resumes only into the model that wrote the checkpoint.
+            extra = self.load(last, require_complete=True)
             self.logger.info(
                 "Resuming from %s at iteration %d", last, extra.get("iteration", -1) + 1
             )
@@ -243,27 +352,30 @@ class DetectionCheckpointer(Checkpointer):
         return self.load(path, checkpointables=[])
 
 
-def load_trained_weights(model: torch.nn.Module, path: str, *, purpose: str) -> None:
-    """Load the weights of a trained ``model`` and refuse a checkpoint of another model.
+def load_trained_weights(model: torch.nn.Module, path: str, *, purpose: str) -> LoadReport:
+    """Load the weights of a trained ``model``, refusing a checkpoint of another model.
 
     Args:
         model: the model to fill.
         path: the checkpoint (``train.init_checkpoint``).
         purpose: what needs the weights, for the error messages (e.g. "--eval-only").
 
+    Returns:
+        The load report.
+
     Raises:
-        ValueError: ``path`` is empty, or the checkpoint fills less than half of the model's
-            parameters.
+        ValueError: ``path`` is empty.
+        IncompatibleCheckpointError: the checkpoint leaves a tensor of the model missing or
+            shape-mismatched (the first few are listed); a model evaluated that way would report
+            the AP of a partly random network.
     """
     if not path:
         raise ValueError(
             f"{purpose} needs trained weights: set train.init_checkpoint=/path/to/model.pth"
         )
     checkpointer = DetectionCheckpointer(model)
-    checkpointer.load(path, checkpointables=[])
-    filled = checkpointer.last_report.matched_fraction(model)
-    if filled < 0.5:
-        raise ValueError(
-            f"{purpose}: {path} fills only {filled:.0%} of the model's parameters; this is not "
-            "a checkpoint of this model (see the load report above)"
-        )
+    try:
+        checkpointer.load(path, checkpointables=[], require_complete=True)
+    except IncompatibleCheckpointError as e:
+        raise IncompatibleCheckpointError(f"{purpose}: {e}") from e
+    return checkpointer.last_report

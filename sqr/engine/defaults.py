@@ -14,8 +14,10 @@ import torch
 from omegaconf import DictConfig
 
 from sqr.config import LazyConfig
+from sqr.data.catalog import get_metadata
 from sqr.utils import comm
 from sqr.utils.env import collect_env_info, seed_all_rng
+from sqr.utils.file_io import remove_stale_temporaries
 from sqr.utils.logger import setup_logger
 
 from .launch import launch
@@ -85,6 +87,8 @@ def default_setup(cfg: DictConfig, args: argparse.Namespace) -> None:
     if comm.is_main_process() and output_dir:
         os.makedirs(output_dir, exist_ok=True)
     setup_logger(output_dir, rank)
+    if comm.is_main_process() and output_dir:
+        remove_stale_temporaries(output_dir)
     logger.info("Rank of current process: %d. World size: %d", rank, comm.get_world_size())
     logger.info("Environment info:\n%s", collect_env_info())
     logger.info("Command line: %s", " ".join(sys.argv))
@@ -134,3 +138,80 @@ def launch_main(main_func: Callable[[argparse.Namespace], Any], args: argparse.N
         device=cfg.train.device,
         timeout=datetime.timedelta(minutes=cfg.train.get("dist_timeout_minutes", 30)),
     )
+
+
+def _option(section: DictConfig, dotted: str) -> Any:
+    value = section
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, DictConfig) else None
+    return value
+
+
+def check_train_options(train: DictConfig) -> None:
+    """Refuse ``train.*`` values of the wrong type or range, naming the key and the value.
+
+    The typed constructors check their own arguments too; this check runs first so that the
+    message names the config key a user typed rather than a constructor argument.
+
+    Raises:
+        ValueError: a bad value (e.g. ``train.max_iter=-1``, ``train.checkpointer.period=0``).
+    """
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    checks = [  # (key, may be None, minimum)
+        ("max_iter", True, 1),
+        ("max_epochs", True, 1),
+        ("checkpointer.period", False, 1),
+        ("checkpointer.max_to_keep", True, 1),
+        ("eval_period", False, 0),
+        ("log_period", False, 1),
+    ]
+    for key, optional, minimum in checks:
+        value = _option(train, key)
+        if value is None and optional:
+            continue
+        if not is_int(value) or value < minimum:
+            kind = "positive" if minimum == 1 else "non-negative"
+            raise ValueError(f"train.{key} must be a {kind} integer, got {value!r}")
+    if _option(train, "clip_grad.enabled"):
+        max_norm = _option(train, "clip_grad.params.max_norm")
+        if isinstance(max_norm, bool) or not isinstance(max_norm, int | float) or max_norm <= 0:
+            raise ValueError(f"train.clip_grad.params.max_norm must be positive, got {max_norm!r}")
+
+
+def check_num_classes(model: torch.nn.Module, dataset: Any) -> None:
+    """Compare ``model.num_classes`` with the classes of the training datasets.
+
+    Fewer classes than the data is an error (labels past the classifier would fail deep in the
+    loss); more is a warning (the extra classes are only ever negatives).
+
+    Args:
+        model: the detector; a model without ``num_classes`` is not checked.
+        dataset: ``dataloader.train.dataset``: a registered name, names, or a list of records.
+
+    Raises:
+        ValueError: the model has fewer classes than a dataset.
+    """
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is None:
+        return
+    if isinstance(dataset, str):
+        dataset = [dataset]
+    names = [d for d in dataset if isinstance(d, str)]
+    for name in names:
+        classes = get_metadata(name).num_classes
+        if num_classes < classes:
+            raise ValueError(
+                f"model.num_classes={num_classes} is smaller than the {classes} classes of "
+                f"dataset {name!r}; set model.num_classes={classes}"
+            )
+        if num_classes > classes:
+            logger.warning(
+                "model.num_classes=%d is larger than the %d classes of dataset %r; the extra "
+                "classes are never positive",
+                num_classes,
+                classes,
+                name,
+            )

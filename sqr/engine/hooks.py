@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from fvcore.common.checkpoint import PeriodicCheckpointer
 
 from sqr.utils import comm
 from sqr.utils.events import EventWriter
@@ -84,7 +85,14 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
 
 class CheckpointHook(HookBase):
-    """Save ``model_{iter:07d}.pth`` every ``period`` iterations and ``model_final.pth`` at the end.
+    """Save ``model_{iter:07d}.pth`` every ``period`` iterations and ``model_final.pth`` at the end,
+    once the state has proven finite.
+
+    The state after iteration ``i`` is written in the ``after_backward`` of the next step (or of
+    the trainer's final check), once that step's loss and gradients are known to be finite: a
+    blow-up is never saved as ``last_checkpoint``. Until then the hook holds what the state needs
+    from iteration ``i`` itself (the RNG states, and a copy of the model's buffers, which a forward
+    pass may change; parameters and optimizer state change only in the optimizer step).
 
     Every rank's RNG state goes into the checkpoint (one entry per rank), so ``--resume``
     continues with the same random stream as an uninterrupted run. All ranks must run this hook:
@@ -94,7 +102,8 @@ class CheckpointHook(HookBase):
         checkpointer: writes the files.
         period: iterations between checkpoints.
         max_iter: total iterations (for ``model_final``).
-        max_to_keep: keep only this many periodic checkpoints (None: all).
+        max_to_keep: keep only this many periodic checkpoints (None: all), counting those of
+            earlier runs in the same directory.
     """
 
     def __init__(
@@ -104,16 +113,67 @@ class CheckpointHook(HookBase):
         max_iter: int,
         max_to_keep: int | None = None,
     ) -> None:
-        self._periodic = PeriodicCheckpointer(checkpointer, period, max_iter, max_to_keep)
+        _check_positive_int("period", period)
+        _check_positive_int("max_iter", max_iter)
+        if max_to_keep is not None:
+            _check_positive_int("max_to_keep", max_to_keep)
+        self._checkpointer = checkpointer
         self._period = period
         self._max_iter = max_iter
+        self._max_to_keep = max_to_keep
+        self._pending: dict[str, Any] | None = None
 
     def after_step(self) -> None:
         iteration = self.trainer.iter
-        if (iteration + 1) % self._period and iteration < self._max_iter - 1:
+        names = []
+        if (iteration + 1) % self._period == 0:
+            names.append(f"model_{iteration:07d}")
+        if iteration >= self._max_iter - 1:
+            names.append("model_final")
+        if not names:
             return
-        rng = comm.all_gather(capture_rng_state())
-        self._periodic.step(iteration, rng=rng)
+        model = self._checkpointer.model
+        buffers = {name for name, _ in model.named_buffers()}
+        self._pending = {
+            "names": names,
+            "iteration": iteration,
+            "rng": comm.all_gather(capture_rng_state()),
+            "buffers": {k: v.clone() for k, v in model.state_dict().items() if k in buffers},
+        }
+
+    def after_backward(self) -> None:
+        if self._pending is None:
+            return
+        pending, self._pending = self._pending, None
+        for name in pending["names"]:
+            self._checkpointer.save(
+                name,
+                model_buffers=pending["buffers"],
+                iteration=pending["iteration"],
+                rng=pending["rng"],
+            )
+        if self._max_to_keep is not None:
+            self._remove_old_checkpoints()
+
+    def _remove_old_checkpoints(self) -> None:
+        # The directory, not this process's memory, says what exists: checkpoints of an earlier
+        # run (before a restart) count against max_to_keep too.
+        if not self._checkpointer.save_to_disk:
+            return
+        directory = self._checkpointer.save_dir
+        periodic = sorted(
+            name for name in os.listdir(directory) if _PERIODIC_CHECKPOINT.fullmatch(name)
+        )
+        for name in periodic[: -self._max_to_keep]:
+            os.remove(os.path.join(directory, name))
+
+
+_PERIODIC_CHECKPOINT = re.compile(r"model_\d{7}\.pth")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 class EvalHook(HookBase):

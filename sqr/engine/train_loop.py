@@ -5,12 +5,26 @@ The hook life cycle, as pseudo-code::
     hook.before_train()
     for iteration in range(start_iter, max_iter):
         hook.before_step()
-        trainer.run_step()      # forward, loss checks, backward, clip, optimizer step
+        trainer.run_step()      # forward, backward, finite check, then:
+            hook.after_backward()   # the state before this step is now verified
+                                    # ... clip, optimizer step
         hook.after_step()
+    trainer.verify_state()      # forward, backward, finite check, after_backward; no update
     hook.after_train()          # also runs when training raised (hooks then only clean up)
 
 Hooks see the trainer as ``self.trainer``; ``trainer.iter`` is the iteration being run, and equals
 ``trainer.max_iter`` in ``after_train`` only when every iteration completed.
+
+**Non-finite values stop training on every rank.** After the backward pass (and after unscaling,
+with a grad scaler) each rank raises one flag if its loss or its gradients are not finite; the
+flags are summed over ranks in one collective, so every rank stops together with a
+:class:`FloatingPointError` that names the iteration, the ranks and the loss terms, before the
+optimizer step. A state that a step produced is only known to be good once the *next* step's
+loss and gradients are finite (a step with a huge learning rate writes finite but useless
+weights), so ``after_backward`` is where a hook may save the state that the previous step
+produced: :class:`~sqr.engine.hooks.CheckpointHook` writes there, and the state after the last
+step is verified by one more forward and backward pass. With fp16 AMP, non-finite gradients are
+the grad scaler's business (it skips the step and lowers the scale); only the loss is checked.
 """
 
 from __future__ import annotations
@@ -46,6 +60,10 @@ class HookBase:
     def after_step(self) -> None:
         pass
 
+    def after_backward(self) -> None:
+        """Called once the loss and gradients of the current step are known to be finite,
+        before the optimizer step: the parameters still hold the previous step's result."""
+
 
 class Trainer:
     """Minimise the sum of the model's loss dict over an infinite data loader.
@@ -54,8 +72,8 @@ class Trainer:
         model: returns a dict of weighted scalar losses in training mode.
         data_loader: iterable of batches (``list[dict]`` in the model-input format).
         optimizer: the optimizer.
-        amp_dtype: None for fp32, or "bfloat16"/"float16" for autocast (fp16 adds a grad scaler
-            and needs CUDA).
+        amp_dtype: None for fp32, or "bfloat16"/"float16" for autocast (fp16 adds a grad
+            scaler).
         clip_grad_max_norm: clip the global gradient norm to this value (None: no clipping).
         clip_grad_norm_type: the norm used for clipping.
     """
@@ -73,14 +91,14 @@ class Trainer:
         device = next(model.parameters()).device
         if amp_dtype is not None and amp_dtype not in _AMP_DTYPES:
             raise ValueError(f"amp dtype must be one of {sorted(_AMP_DTYPES)}, got {amp_dtype!r}")
-        if amp_dtype == "float16" and device.type != "cuda":
-            raise ValueError("float16 AMP needs a CUDA device; use amp dtype 'bfloat16' on CPU")
+        if clip_grad_max_norm is not None and not clip_grad_max_norm > 0:
+            raise ValueError(f"clip_grad_max_norm must be positive, got {clip_grad_max_norm!r}")
         self.model = model
         self.data_loader = data_loader
         self.optimizer = optimizer
         self.device_type = device.type
         self.amp_dtype = _AMP_DTYPES.get(amp_dtype) if amp_dtype else None
-        self.grad_scaler = torch.amp.GradScaler("cuda") if amp_dtype == "float16" else None
+        self.grad_scaler = torch.amp.GradScaler(device.type) if amp_dtype == "float16" else None
         self.clip_grad_max_norm = clip_grad_max_norm
         self.clip_grad_norm_type = clip_grad_norm_type
         self.hooks: list[HookBase] = []
@@ -96,7 +114,16 @@ class Trainer:
                 self.hooks.append(hook)
 
     def train(self, start_iter: int, max_iter: int) -> None:
-        """Run iterations ``start_iter .. max_iter - 1``."""
+        """Run iterations ``start_iter .. max_iter - 1``, then verify the final state."""
+        for name, value in (("start_iter", start_iter), ("max_iter", max_iter)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+        if not 0 <= start_iter < max_iter:
+            raise ValueError(
+                f"nothing to train: start_iter={start_iter}, max_iter={max_iter} (need "
+                "0 <= start_iter < max_iter; a resumed run that already finished has nothing "
+                "left to do)"
+            )
         logger.info("Starting training from iteration %d", start_iter)
         self.iter = self.start_iter = start_iter
         self.max_iter = max_iter
@@ -111,6 +138,7 @@ class Trainer:
                     self.run_step()
                     for hook in self.hooks:
                         hook.after_step()
+                self.verify_state()
                 self.iter = self.storage.iter = max_iter
             except Exception:
                 logger.exception("Exception during training at iteration %d:", self.iter)
@@ -121,28 +149,16 @@ class Trainer:
 
     def run_step(self) -> None:
         """One optimisation step on the next batch."""
-        if self._data_iter is None:
-            self._data_iter = iter(self.data_loader)
         start = time.perf_counter()
-        batch = next(self._data_iter)
+        batch = self._next_batch()
         data_time = time.perf_counter() - start
 
-        with torch.autocast(
-            self.device_type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
-        ):
-            loss_dict = self.model(batch)
-        losses = sum(loss_dict.values())
-        self._check_finite(losses, loss_dict)
-
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(losses).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-        else:
-            losses.backward()
+        loss_dict, grad_norm = self._forward_backward(batch, f"iteration {self.iter}")
+        for hook in self.hooks:
+            hook.after_backward()
         if self.clip_grad_max_norm is not None:
-            torch.nn.utils.clip_grad_norm_(
-                self.model.parameters(), self.clip_grad_max_norm, self.clip_grad_norm_type
+            torch.nn.utils.clip_grads_with_norm_(
+                self._params_with_grad(), self.clip_grad_max_norm, grad_norm
             )
         if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)
@@ -158,13 +174,96 @@ class Trainer:
         )
         self.storage.put_scalars(**metrics)
 
-    def _check_finite(self, losses: torch.Tensor, loss_dict: dict[str, torch.Tensor]) -> None:
-        if torch.isfinite(losses).all():
+    def verify_state(self) -> None:
+        """Check that the current parameters give a finite loss and finite gradients on the next
+        batch, without updating them; then call the hooks' ``after_backward``.
+
+        :meth:`train` calls it after the last step, so that the final state passes the same
+        check as every state before it.
+        """
+        logger.info("Verifying the final state: one forward and backward pass, no update")
+        self._forward_backward(
+            self._next_batch(), f"the check of the state after the last iteration {self.iter}"
+        )
+        for hook in self.hooks:
+            hook.after_backward()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _next_batch(self) -> list[dict]:
+        if self._data_iter is None:
+            self._data_iter = iter(self.data_loader)
+        return next(self._data_iter)
+
+    def _params_with_grad(self) -> list[torch.Tensor]:
+        return [p for p in self.model.parameters() if p.grad is not None]
+
+    def _forward_backward(
+        self, batch: list[dict], context: str
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Losses and gradients (unscaled) of one batch, checked for non-finite values.
+
+        Args:
+            batch: the model inputs.
+            context: where in training this is, for the error message.
+
+        Returns:
+            The loss dict and the total gradient norm (of ``clip_grad_norm_type``).
+        """
+        with torch.autocast(
+            self.device_type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+        ):
+            loss_dict = self.model(batch)
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        # Backward runs even when the loss is not finite: under DDP the other ranks are waiting
+        # for this rank's gradients in the all-reduce.
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(losses).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+        else:
+            losses.backward()
+        grads = [p.grad for p in self._params_with_grad()]
+        grad_norm = torch.nn.utils.get_total_norm(grads, self.clip_grad_norm_type)
+        self._check_finite(losses, grad_norm, loss_dict, context)
+        return loss_dict, grad_norm
+
+    def _check_finite(
+        self,
+        losses: torch.Tensor,
+        grad_norm: torch.Tensor,
+        loss_dict: dict[str, torch.Tensor],
+        context: str,
+    ) -> None:
+        """Raise on every rank if any rank's loss or gradients are not finite.
+
+        One [world_size, 2] flag tensor is summed over ranks and read once: the step's only
+        host synchronisation besides logging.
+        """
+        flags = torch.zeros(comm.get_world_size(), 2, device=losses.device)
+        flags[comm.get_rank(), 0] = (~torch.isfinite(losses.detach())).float()
+        if self.grad_scaler is None:  # with fp16, the scaler skips steps with inf gradients
+            flags[comm.get_rank(), 1] = (~torch.isfinite(grad_norm)).float()
+        flags = comm.all_reduce_sum(flags).cpu()
+        if not flags.any():
             return
+        loss_ranks = flags[:, 0].nonzero().flatten().tolist()
+        grad_ranks = flags[:, 1].nonzero().flatten().tolist()
         terms = ", ".join(f"{k}={v.detach().item():.4g}" for k, v in loss_dict.items())
+        bad_grads = [
+            name
+            for name, p in self.model.named_parameters()
+            if p.grad is not None and not torch.isfinite(p.grad).all()
+        ]
+        bad = " and ".join(
+            f"{what} on rank(s) {ranks}"
+            for what, ranks in (("loss", loss_ranks), ("gradients", grad_ranks))
+            if ranks
+        )
+        grads = f"; non-finite gradients in {', '.join(bad_grads[:5])}" if bad_grads else ""
         raise FloatingPointError(
-            f"Loss became non-finite at iteration {self.iter}: {terms}. Training stopped; the "
-            "last saved checkpoint is untouched."
+            f"Non-finite {bad} at {context}. Loss terms on rank "
+            f"{comm.get_rank()}: {terms}{grads}. Training stopped before the optimizer step; "
+            "the last checkpoint holds the last state verified finite."
         )
 
     def state_dict(self) -> dict:

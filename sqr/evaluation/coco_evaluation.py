@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
-import json
 import logging
 import math
 import os
@@ -19,7 +18,7 @@ from tabulate import tabulate
 
 from sqr.data.catalog import get_metadata
 from sqr.utils import comm
-from sqr.utils.file_io import write_atomically
+from sqr.utils.file_io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +62,9 @@ class COCOEvaluator:
         self._output_dir = output_dir
         self._max_dets = int(max_dets_per_image)
         self._coco_gt: COCO | None = None
-        # One entry per processed image: (image_id, list of COCO result dicts).
-        self._predictions: list[tuple[int, list[dict[str, Any]]]] = []
+        # One entry per processed image: (image_id, list of COCO result dicts, number of
+        # non-finite predictions dropped).
+        self._predictions: list[tuple[int, list[dict[str, Any]], int]] = []
 
     def reset(self) -> None:
         """Forget all predictions seen so far."""
@@ -72,6 +72,10 @@ class COCOEvaluator:
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
         """Record the predictions of one batch.
+
+        A prediction whose box or score is not finite is dropped and counted (one warning in
+        :meth:`evaluate`): pycocotools would match a NaN box to every ground truth and score it
+        as a hit. This is the one place every detector's outputs pass through.
 
         Args:
             inputs: Batch of dataset records; each needs ``"image_id"``.
@@ -98,6 +102,9 @@ class COCOEvaluator:
                     f"[N], labels [N]; got {tuple(boxes.shape)}, {tuple(scores.shape)}, "
                     f"{tuple(labels.shape)}"
                 )
+            finite = torch.isfinite(boxes).all(1) & torch.isfinite(scores)
+            num_dropped = len(finite) - int(finite.sum())
+            boxes, scores, labels = boxes[finite], scores[finite], labels[finite]
             xywh = boxes.clone()
             xywh[:, 2:] -= xywh[:, :2]
             results = []
@@ -118,7 +125,7 @@ class COCOEvaluator:
                         "score": score,
                     }
                 )
-            self._predictions.append((image_id, results))
+            self._predictions.append((image_id, results, num_dropped))
 
     def evaluate(self) -> dict:
         """Gather predictions from all ranks and evaluate them on rank 0.
@@ -134,9 +141,12 @@ class COCOEvaluator:
         # Samplers may hand an image to more than one rank (padding to equal shards);
         # keep its first copy so duplicates neither add false positives nor count twice.
         per_image: dict[int, list[dict[str, Any]]] = {}
-        for image_id, results in itertools.chain.from_iterable(gathered):
+        dropped: dict[int, int] = {}
+        for image_id, results, num_dropped in itertools.chain.from_iterable(gathered):
             per_image.setdefault(image_id, results)
+            dropped.setdefault(image_id, num_dropped)
         results = [r for image_id in sorted(per_image) for r in per_image[image_id]]
+        self._warn_dropped({k: n for k, n in dropped.items() if n})
 
         if self._output_dir:
             self._write_results(results)
@@ -154,9 +164,23 @@ class COCOEvaluator:
 
     # ------------------------------------------------------------------ internals
 
+    def _warn_dropped(self, dropped: dict[int, int]) -> None:
+        if not dropped:
+            return
+        worst = sorted(dropped, key=lambda image_id: (-dropped[image_id], image_id))[:5]
+        logger.warning(
+            "COCOEvaluator on %s: dropped %d prediction(s) with a non-finite box or score in %d "
+            "image(s) (most in image ids %s); they are neither scored nor written. The model "
+            "produced NaN or infinite outputs.",
+            self._dataset_name,
+            sum(dropped.values()),
+            len(dropped),
+            worst,
+        )
+
     def _write_results(self, results: list[dict[str, Any]]) -> None:
         path = os.path.join(self._output_dir, "inference", "coco_instances_results.json")
-        write_atomically(path, lambda f: json.dump(results, f), mode="w")
+        write_json(path, results)
         logger.info("Saved %d predictions to %s", len(results), path)
 
     def _ground_truth(self) -> COCO:

@@ -17,6 +17,8 @@ from collections import defaultdict
 import torch
 from fvcore.common.history_buffer import HistoryBuffer
 
+from sqr.utils.file_io import to_strict_json
+
 logger = logging.getLogger(__name__)
 
 _CURRENT_STORAGE_STACK: list[EventStorage] = []
@@ -120,7 +122,8 @@ class JSONWriter(EventWriter):
     """Append one JSON object per iteration with new scalars to ``json_file``.
 
     Training rows and evaluation rows carry different keys (an evaluation row has ``bbox/AP``
-    and no losses); both have ``iteration``.
+    and no losses); both have ``iteration``. The file is strict JSON: a non-finite value (an AP
+    with no ground truth of that size) is written as ``null``.
     """
 
     def __init__(self, json_file: str, window_size: int = 20) -> None:
@@ -133,7 +136,8 @@ class JSONWriter(EventWriter):
         for name, value, iteration in _new_scalars(self._written, self._window_size):
             rows[iteration][name] = value
         for iteration in sorted(rows):
-            self._file.write(json.dumps({"iteration": iteration, **rows[iteration]}) + "\n")
+            row = to_strict_json({"iteration": iteration, **rows[iteration]})
+            self._file.write(json.dumps(row, allow_nan=False) + "\n")
         self._file.flush()
 
     def close(self) -> None:

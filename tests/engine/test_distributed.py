@@ -69,3 +69,38 @@ def test_torchrun_launch(datasets_dir, tmp_path: Path) -> None:
     assert "World size: 2" in (tmp_path / "log.txt").read_text()
     assert (tmp_path / "log.txt.rank1").is_file()
     assert (tmp_path / "model_final.pth").is_file()
+
+
+@pytest.mark.slow
+def test_non_finite_loss_on_one_rank_stops_every_rank(datasets_dir, tmp_path: Path) -> None:
+    """Rank 1 alone sees a NaN loss: both ranks stop at once with the same error, not after the
+    collective timeout (one minute here, so a hang fails the test quickly)."""
+    import datetime
+    import time
+
+    from helpers.faults import train_with_nan_on_rank_1
+
+    argv = [
+        "--config-file",
+        STANDIN_CONFIG,
+        "train.max_iter=6",
+        "train.checkpointer.period=1",
+        "train.device=cpu",
+        f"train.output_dir={tmp_path}",
+    ]
+    start = time.monotonic()
+    launch(
+        train_with_nan_on_rank_1,
+        2,
+        args=(argv, str(tmp_path)),
+        device="cpu",
+        timeout=datetime.timedelta(minutes=1),
+    )
+    assert time.monotonic() - start < 55
+    for rank in (0, 1):
+        message = (tmp_path / f"rank{rank}.txt").read_text()
+        # DDP averages rank 1's NaN gradients into both ranks' gradients.
+        expected = "Non-finite loss on rank(s) [1] and gradients on rank(s) [0, 1] at iteration 2."
+        assert message.startswith(expected), message
+    # The state after iteration 1 gave rank 1 its NaN: the last checkpoint is iteration 0's.
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000000.pth"

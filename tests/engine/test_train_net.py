@@ -9,20 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.standin import StandInDetector
-from helpers.train_net import STANDIN_CONFIG, load_train_net, parse
+from helpers.train_net import load_train_net, run_standin
 
 from sqr.data import register_coco_instances
-from sqr.engine import Trainer
+from sqr.engine import IncompatibleCheckpointError, Trainer
 
 
 @pytest.fixture(scope="module")
 def train_net():
     return load_train_net()
-
-
-def run(train_net, out: Path, *overrides: str, flags: tuple[str, ...] = ()):
-    args = parse("--config-file", STANDIN_CONFIG, *flags, f"train.output_dir={out}", *overrides)
-    return train_net.main(args)
 
 
 def final_state(out: Path) -> dict[str, torch.Tensor]:
@@ -34,7 +29,7 @@ def metrics_rows(out: Path) -> list[dict]:
 
 
 def test_training_writes_detectron2_layout(train_net, datasets_dir, tmp_path: Path) -> None:
-    run(
+    run_standin(
         train_net,
         tmp_path,
         "train.max_iter=6",
@@ -69,7 +64,7 @@ def test_training_writes_detectron2_layout(train_net, datasets_dir, tmp_path: Pa
 
 
 def test_max_to_keep(train_net, datasets_dir, tmp_path: Path) -> None:
-    run(
+    run_standin(
         train_net,
         tmp_path,
         "train.max_iter=5",
@@ -86,23 +81,24 @@ def test_resume_equals_uninterrupted_run(
     # 6 iterations, checkpoint every 3; the lr drops at 0.8 * 6 = 4.8, i.e. after the resume,
     # and the stand-in's dropout draws from the RNG, so all restored state matters.
     common = ("train.max_iter=6", "train.checkpointer.period=3")
-    run(train_net, tmp_path / "straight", *common)
+    run_standin(train_net, tmp_path / "straight", *common)
 
     original_step = Trainer.run_step
 
-    def killed_at_3(self):
-        if self.iter == 3:
+    def killed_at_4(self):
+        # The state after iteration 2 is written once iteration 3 has proven it finite.
+        if self.iter == 4:
             raise KeyboardInterrupt("simulated kill")
         original_step(self)
 
-    monkeypatch.setattr(Trainer, "run_step", killed_at_3)
+    monkeypatch.setattr(Trainer, "run_step", killed_at_4)
     with pytest.raises(KeyboardInterrupt):
-        run(train_net, tmp_path / "resumed", *common)
+        run_standin(train_net, tmp_path / "resumed", *common)
     monkeypatch.setattr(Trainer, "run_step", original_step)
     assert (tmp_path / "resumed" / "last_checkpoint").read_text() == "model_0000002.pth"
     assert not (tmp_path / "resumed" / "model_final.pth").exists()
 
-    run(train_net, tmp_path / "resumed", *common, flags=("--resume",))
+    run_standin(train_net, tmp_path / "resumed", *common, flags=("--resume",))
     log = (tmp_path / "resumed" / "log.txt").read_text()
     assert "model_0000002.pth at iteration 3" in log
     straight, resumed = final_state(tmp_path / "straight"), final_state(tmp_path / "resumed")
@@ -112,7 +108,7 @@ def test_resume_equals_uninterrupted_run(
 
 
 def test_resume_without_checkpoint_starts_fresh(train_net, datasets_dir, tmp_path: Path) -> None:
-    run(train_net, tmp_path, "train.max_iter=1", flags=("--resume",))
+    run_standin(train_net, tmp_path, "train.max_iter=1", flags=("--resume",))
     assert "no last_checkpoint" in (tmp_path / "log.txt").read_text()
     assert (tmp_path / "model_final.pth").is_file()
 
@@ -131,18 +127,25 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(
         return losses
 
     monkeypatch.setattr(StandInDetector, "losses", nan_from_iteration_4)
-    with pytest.raises(FloatingPointError, match=r"iteration 4: loss_cls=nan, loss_box="):
-        run(train_net, tmp_path, "train.max_iter=8", "train.checkpointer.period=2")
-    assert (tmp_path / "last_checkpoint").read_text() == "model_0000003.pth"
-    assert torch.load(tmp_path / "model_0000003.pth", weights_only=True)["iteration"] == 3
+    with pytest.raises(
+        FloatingPointError,
+        match=r"Non-finite loss on rank\(s\) \[0\].* at iteration 4\. Loss terms on rank 0: "
+        r"loss_cls=nan, loss_box=",
+    ):
+        run_standin(train_net, tmp_path, "train.max_iter=8", "train.checkpointer.period=2")
+    # The state after iteration 3 gave the non-finite loss, so it is not saved: the last
+    # checkpoint is the one of iteration 1, which iteration 2 proved finite.
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert torch.load(tmp_path / "model_0000001.pth", weights_only=True)["iteration"] == 1
+    assert not (tmp_path / "model_0000003.pth").exists()
     assert not (tmp_path / "model_final.pth").exists()
 
 
 def test_init_checkpoint_and_eval_only(train_net, datasets_dir, tmp_path: Path) -> None:
-    run(train_net, tmp_path / "train", "train.max_iter=2")
+    run_standin(train_net, tmp_path / "train", "train.max_iter=2")
     weights = tmp_path / "train" / "model_final.pth"
 
-    results = run(
+    results = run_standin(
         train_net, tmp_path / "eval", f"train.init_checkpoint={weights}", flags=("--eval-only",)
     )
     assert set(results["bbox"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
@@ -150,19 +153,23 @@ def test_init_checkpoint_and_eval_only(train_net, datasets_dir, tmp_path: Path) 
     assert saved["results"]["bbox"]["AP"] == pytest.approx(results["bbox"]["AP"], nan_ok=True)
     assert saved["checkpoint"] == str(weights)
     assert (
-        "Load report: matched 6, missing 0, unexpected 0"
+        f"Load report for {weights}: matched 6, missing 0, unexpected 0"
         in (tmp_path / "eval" / "log.txt").read_text()
     )
 
     # Weights for a different model fill nothing: eval-only refuses them.
     other = tmp_path / "other.pth"
     torch.save({"model": {"backbone.weight": torch.zeros(2)}}, other)
-    with pytest.raises(ValueError, match=r"fills only 0% of the model's parameters"):
-        run(train_net, tmp_path / "eval2", f"train.init_checkpoint={other}", flags=("--eval-only",))
+    with pytest.raises(IncompatibleCheckpointError, match=r"--eval-only: .*none of its 1 tensors"):
+        run_standin(
+            train_net, tmp_path / "eval2", f"train.init_checkpoint={other}", flags=("--eval-only",)
+        )
 
     # init_checkpoint when training: weights only, with a load report.
-    run(train_net, tmp_path / "finetune", "train.max_iter=1", f"train.init_checkpoint={weights}")
-    assert "Load report: matched 6" in (tmp_path / "finetune" / "log.txt").read_text()
+    run_standin(
+        train_net, tmp_path / "finetune", "train.max_iter=1", f"train.init_checkpoint={weights}"
+    )
+    assert "Load report for" in (tmp_path / "finetune" / "log.txt").read_text()
 
 
 def test_schedule_in_epochs(train_net, datasets_dir, synthetic_root: Path, tmp_path: Path) -> None:
@@ -171,7 +178,7 @@ def test_schedule_in_epochs(train_net, datasets_dir, synthetic_root: Path, tmp_p
         name, str(synthetic_root / "annotations" / "train.json"), str(synthetic_root / "train")
     )
     # 8 images with total batch 4: 2 iterations per epoch, so 3 epochs are 6 iterations.
-    run(
+    run_standin(
         train_net,
         tmp_path,
         f"dataloader.train.dataset={name}",
@@ -183,7 +190,7 @@ def test_schedule_in_epochs(train_net, datasets_dir, synthetic_root: Path, tmp_p
     assert max(r["iteration"] for r in metrics_rows(tmp_path)) == 5
 
     with pytest.raises(ValueError, match="max_iter=10, max_epochs=3"):
-        run(
+        run_standin(
             train_net,
             tmp_path / "both",
             f"dataloader.train.dataset={name}",

@@ -141,3 +141,53 @@ def test_inference_on_dataset(val_name: str) -> None:
     assert model.seen_training == [False] * len(loader)
     assert model.seen_grad == [False] * len(loader)
     assert model.training  # previous mode restored
+
+
+def _strict_json(path: Path):
+    """Parse ``path`` refusing the non-standard tokens NaN / Infinity that strict JSON lacks."""
+
+    def refuse(token: str):
+        raise ValueError(f"{path} holds the non-JSON token {token}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_non_finite_boxes_never_score(val_name: str, tmp_path: Path, caplog) -> None:
+    # pycocotools matches a NaN box to every ground truth: these predictions scored AP 100.
+    records, _ = load_dataset(val_name)
+    outputs = _ground_truth_outputs(records)
+    num = sum(len(o["boxes"]) for o in outputs)
+    for out in outputs:
+        out["boxes"][:] = float("nan")
+    with caplog.at_level("WARNING", logger="sqr.evaluation"):
+        results = _evaluate(val_name, outputs, str(tmp_path))
+    assert results["bbox"]["AP"] == 0.0
+    warnings = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
+    assert len(warnings) == 1 and f"dropped {num} prediction(s)" in warnings[0]
+    assert _strict_json(tmp_path / "inference" / "coco_instances_results.json") == []
+
+
+def test_non_finite_predictions_are_dropped_and_counted(
+    val_name: str, tmp_path: Path, caplog
+) -> None:
+    records, _ = load_dataset(val_name)
+    outputs = _ground_truth_outputs(records)
+    # Next to the perfect predictions: one NaN coordinate, an infinite box, a NaN score and an
+    # infinite score, all with the highest score so that they would rank first.
+    bad_boxes = torch.tensor(
+        [[1.0, 1.0, float("nan"), 5.0], [1.0, 1.0, float("inf"), 5.0], [1, 1, 5, 5], [1, 1, 5, 5]]
+    )
+    bad_scores = torch.tensor([2.0, 2.0, float("nan"), float("inf")])
+    first = outputs[0]
+    first["boxes"] = torch.cat([first["boxes"], bad_boxes])
+    first["scores"] = torch.cat([first["scores"], bad_scores])
+    first["labels"] = torch.cat([first["labels"], torch.zeros(4, dtype=torch.int64)])
+    with caplog.at_level("WARNING", logger="sqr.evaluation"):
+        results = _evaluate(val_name, outputs, str(tmp_path))
+    assert results["bbox"]["AP"] == pytest.approx(100.0, abs=1e-6)
+    warnings = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "dropped 4 prediction(s)" in warnings[0] and "1 image(s)" in warnings[0]
+    written = _strict_json(tmp_path / "inference" / "coco_instances_results.json")
+    assert len(written) == sum(len(r["annotations"]) for r in records)
+    assert all(all(map(math.isfinite, p["bbox"] + [p["score"]])) for p in written)

@@ -26,6 +26,12 @@ def parse(*argv: str):
     return default_argument_parser().parse_args(list(argv))
 
 
+def run_standin(train_net: ModuleType, out: Path, *overrides: str, flags: tuple[str, ...] = ()):
+    """``train_net.main`` on the stand-in config with output in ``out``; returns its result."""
+    args = parse("--config-file", STANDIN_CONFIG, *flags, f"train.output_dir={out}", *overrides)
+    return train_net.main(args)
+
+
 def train_and_dump(argv: list[str], dump_dir: str) -> None:
     """Per-process worker: train like tools/train_net.py, then save this rank's parameters."""
     from sqr.config import instantiate
