@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sqr.layers.box_ops import box_cxcywh_to_xyxy
+from sqr.layers.box_ops import box_cxcywh_to_absolute_xyxy
 
 __all__ = ["predict_stages", "query_predictions", "stage_outputs", "stage_predictions"]
 
@@ -111,8 +111,6 @@ def query_predictions(
     for b, x in enumerate(batched_inputs):
         height = x.get("height", x["image"].shape[-2])
         width = x.get("width", x["image"].shape[-1])
-        xyxy = box_cxcywh_to_xyxy(boxes[:, b]) * boxes.new_tensor([width, height, width, height])
-        xyxy[..., 0::2] = xyxy[..., 0::2].clamp(0, width)
-        xyxy[..., 1::2] = xyxy[..., 1::2].clamp(0, height)
+        xyxy = box_cxcywh_to_absolute_xyxy(boxes[:, b], height, width, clip=True)
         results.append({"boxes": xyxy, "scores": scores[:, b], "labels": labels[:, b]})
     return results

@@ -28,10 +28,51 @@ def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     return torch.cat([center - size / 2, center + size / 2], dim=-1)
 
 
+def refine_boxes(delta: torch.Tensor, reference: torch.Tensor, eps: float) -> torch.Tensor:
+    """The DETR family's iterative box refinement, ``sigmoid(delta + logit(reference))``.
+
+    Args:
+        delta: Tensor[..., 4] box head output (logit space).
+        reference: Tensor[..., 2] points (only cx, cy are offset; w, h come from the head alone)
+            or Tensor[..., 4] boxes, normalised cxcywh.
+        eps: clamp of the inverse sigmoid.
+
+    Returns:
+        Tensor[..., 4] normalised cxcywh boxes.
+    """
+    logit = inverse_sigmoid(reference, eps)
+    if reference.shape[-1] == 2:
+        logit = torch.nn.functional.pad(logit, (0, 2))
+    return (delta + logit).sigmoid()
+
+
 def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
     """Tensor[..., 4] (x1, y1, x2, y2) -> Tensor[..., 4] (cx, cy, w, h); any leading shape."""
     low, high = boxes[..., :2], boxes[..., 2:]
     return torch.cat([(low + high) / 2, high - low], dim=-1)
+
+
+def box_cxcywh_to_absolute_xyxy(
+    boxes: Tensor, height: float, width: float, *, clip: bool
+) -> Tensor:
+    """Normalised (cx, cy, w, h) -> (x1, y1, x2, y2) in pixels of a ``height`` x ``width`` image:
+    the post-processing of every detector output and of every stage's predictions.
+
+    Args:
+        boxes: Tensor[..., 4], (cx, cy, w, h) as fractions of the image's width and height.
+        height: output image height, in pixels.
+        width: output image width, in pixels.
+        clip: clamp the corners to the image, as detectron2's post-processing does (mmdet's
+            AdaMixer does not).
+
+    Returns:
+        Tensor[..., 4], (x1, y1, x2, y2) in pixels; a new tensor, ``boxes`` is left unchanged.
+    """
+    xyxy = box_cxcywh_to_xyxy(boxes) * boxes.new_tensor([width, height, width, height])
+    if clip:
+        xyxy[..., 0::2] = xyxy[..., 0::2].clamp(0, width)
+        xyxy[..., 1::2] = xyxy[..., 1::2].clamp(0, height)
+    return xyxy
 
 
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
 from sqr.layers.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
-from sqr.modeling.matcher import (
-    HungarianMatcher,
+from sqr.modeling.matcher import HungarianMatcher
+from sqr.modeling.set_prediction import (
     check_giou_eps,
     check_l1_box_format,
     check_predictions,

@@ -11,7 +11,7 @@ from helpers.tiny import TINY_DAB_DETR
 
 from sqr.config import LazyConfig, instantiate
 from sqr.evaluation.stages import predict_stages, query_predictions, stage_predictions
-from sqr.modeling.recollection import RecollectionSchedule
+from sqr.modeling.sqr import RecollectionSchedule
 
 CONFIGS = Path(__file__).resolve().parents[2] / "projects/sqr/configs"
 CONFIG = CONFIGS / "sqr_dab_detr_r50_50ep.py"

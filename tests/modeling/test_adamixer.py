@@ -11,7 +11,6 @@ from helpers.tiny import TINY_ADAMIXER
 
 from sqr.layers.adamixer_ops import xyzr_to_xyxy
 from sqr.layers.box_ops import box_xyxy_to_cxcywh
-from sqr.modeling.neck import ChannelMapping
 
 CONFIG = Path(__file__).resolve().parents[2] / "projects/sqr/configs/sqr_adamixer_r50_1x.py"
 
@@ -154,26 +153,6 @@ def test_inference_contract() -> None:
 def test_stage_count_mismatch_is_rejected() -> None:
     with pytest.raises(ValueError, match="stages"):
         build("selective", "model.recollection.num_stages=5")
-
-
-def test_channel_mapping_shares_one_group_norm() -> None:
-    torch.manual_seed(0)
-    neck = ChannelMapping(in_features=["a", "b"], in_channels=[3, 5], out_channels=8, num_groups=2)
-    with torch.no_grad():
-        neck.norm.weight.uniform_(0.5, 2), neck.norm.bias.normal_()
-    features = {"a": torch.randn(2, 3, 6, 6), "b": torch.randn(2, 5, 3, 3)}
-    outputs = neck(features)
-    assert len(list(neck.parameters())) == 6  # 2 convs x (weight, bias) + one GroupNorm
-    for name, conv, out in zip(["a", "b"], neck.convs, outputs, strict=True):
-        # GroupNorm by hand: 2 groups of 4 channels, statistics over (channels, H, W).
-        x = conv(features[name]).unflatten(1, (2, 4))
-        mean = x.mean(dim=(2, 3, 4), keepdim=True)
-        var = x.var(dim=(2, 3, 4), unbiased=False, keepdim=True)
-        expected = ((x - mean) / torch.sqrt(var + 1e-5)).flatten(1, 2)
-        expected = expected * neck.norm.weight[:, None, None] + neck.norm.bias[:, None, None]
-        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="in_channels"):
-        ChannelMapping(in_features=["a"], in_channels=[3, 5])
 
 
 @pytest.mark.parametrize(

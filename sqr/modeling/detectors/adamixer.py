@@ -1,7 +1,7 @@
 """AdaMixer (Gao et al., CVPR 2022) with Selective Query Recollection in training.
 
 Reproduces the SQR fork of MMDetection (``QueryBased`` + ``InitialQueryGenerator`` +
-``AdaMixerDecoder``, b576a6e): ResNet C2-C5, :class:`~sqr.modeling.neck.ChannelMapping`, queries
+``AdaMixerDecoder``, b576a6e): ResNet C2-C5, :class:`~sqr.modeling.neck.ChannelMapper`, queries
 that start as whole-image boxes, and a decoder of stages with unshared parameters. Images are
 padded to a multiple of 32 and boxes live in pixels of the padded canvas; predictions and
 targets are normalised by each image's own (unpadded) size, as mmdet's ``img_shape`` does.
@@ -21,7 +21,7 @@ from torch import nn
 from sqr.layers.adamixer_ops import xyxy_to_xyzr
 from sqr.layers.box_ops import box_xyxy_to_cxcywh
 from sqr.modeling.criterion import SetCriterion
-from sqr.modeling.recollection import RecollectionSchedule
+from sqr.modeling.sqr import RecollectionSchedule
 
 from .adamixer_decoder import AdaMixerDecoder
 from .base import QueryDetector, check_positive

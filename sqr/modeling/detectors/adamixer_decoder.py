@@ -2,7 +2,7 @@
 
 Numerics follow ``AdaMixerDecoderStage`` and ``AdaMixerDecoder`` of the SQR fork of MMDetection
 (``mmdet/models/roi_heads/`` at b576a6e). The decoder runs any
-:class:`~sqr.modeling.recollection.RecollectionSchedule`: the groups a stage decodes sit side by
+:class:`~sqr.modeling.sqr.RecollectionSchedule`: the groups a stage decodes sit side by
 side on the query axis ``[B, G*Q, C]`` and sample the same, unrepeated feature maps; only the
 IoF-biased self-attention separates them (reshaped to ``[B*G, Q, C]``, the IoF computed within each
 group). Each group's xyzr boxes travel with it and are detached between stages, as in the baseline.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +27,14 @@ from sqr.layers.adamixer_ops import (
     xyzr_to_xyxy,
 )
 from sqr.layers.mlp import FFN
-from sqr.modeling.recollection import RecollectionSchedule
-
-from .query_groups import run_groups, stack_groups, take_groups
+from sqr.modeling.sqr import (
+    DecodedStage,
+    RecollectingDecoder,
+    RecollectionRunner,
+    RecollectionSchedule,
+    stack_groups,
+)
+from sqr.modeling.sqr.runner import LayerCall
 
 
 def _branch(embed_dim: int, out_dim: int) -> nn.Sequential:
@@ -270,45 +276,26 @@ class AdaMixerDecoder(nn.Module):
         if len(features) != self.num_levels:
             raise ValueError(f"got {len(features)} feature maps, expected {self.num_levels}")
         num_queries = content.shape[1]
-        # The reserve: group 0 is the initial queries. Boxes are detached between stages, as in
-        # the baseline (the initial ones never carry a gradient).
-        contents, boxes = [content], [xyzr.detach()]
-        all_logits, all_boxes = [], []
-        for stage in range(self.num_stages):
-            sources = schedule.sources(stage)
-            groups = len(sources)
-            stage_content = torch.cat([contents[i] for i in sources], dim=1)
-            stage_xyzr = torch.cat([boxes[i] for i in sources], dim=1)
-            out, logits, new_xyzr = self._run_stage(
-                stage, stage_content, stage_xyzr, features, groups, num_queries
-            )
-            all_logits.append(logits)
-            all_boxes.append(xyzr_to_xyxy(new_xyzr))
-            if schedule.is_consumed(stage):
-                contents.extend(out.split(num_queries, dim=1))
-                boxes.extend(new_xyzr.detach().split(num_queries, dim=1))
-            else:  # nothing decodes these outputs again: keep the reserve indices aligned only
-                contents.extend([None] * groups)
-                boxes.extend([None] * groups)
-        return stack_groups(all_logits, num_queries), stack_groups(all_boxes, num_queries)
+        # The initial boxes never carry a gradient; later ones are detached between stages, as
+        # in the baseline.
+        runner = RecollectionRunner(schedule, self.checkpoint_recollected and self.training)
+        stages = runner.run(_AdaMixerStages(self, features), content, xyzr.detach())
+        logits = [stage.output[1] for stage in stages]
+        boxes = [xyzr_to_xyxy(stage.output[2]) for stage in stages]
+        return stack_groups(logits, num_queries), stack_groups(boxes, num_queries)
 
-    def _run_stage(
-        self,
-        stage: int,
-        content: torch.Tensor,
-        xyzr: torch.Tensor,
-        features: Sequence[torch.Tensor],
-        groups: int,
-        num_queries: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stage ``stage`` on the ``groups`` groups, through :func:`run_groups`: content,
-        logits and refined xyzr, each [B, G*Q, ...]."""
-        layer = self.stages[stage]
 
-        def decode(first: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            part = (first, stop, num_queries)
-            return layer(
-                take_groups(content, *part), take_groups(xyzr, *part), features, stop - first
-            )
+@dataclass
+class _AdaMixerStages(RecollectingDecoder):
+    """The AdaMixer decoder's side of the recollection runner, for one forward pass: each stage
+    refines its boxes itself, and the refined boxes enter the reserve detached."""
 
-        return run_groups(decode, groups, self.checkpoint_recollected and self.training)
+    decoder: AdaMixerDecoder
+    features: Sequence[torch.Tensor]
+
+    def stage_call(self, stage: int) -> LayerCall:
+        layer = self.decoder.stages[stage]
+        return lambda content, xyzr, num_groups: layer(content, xyzr, self.features, num_groups)
+
+    def refine_references(self, stage: int, decoded: DecodedStage) -> list[torch.Tensor]:
+        return list(decoded.output[2].detach().split(decoded.group_sizes, dim=1))

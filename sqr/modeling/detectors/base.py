@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from sqr.data.batching import batch_images
-from sqr.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+from sqr.layers.box_ops import box_cxcywh_to_absolute_xyxy, box_xyxy_to_cxcywh
 from sqr.modeling.criterion import SetCriterion
-from sqr.modeling.recollection import RecollectionSchedule
+from sqr.modeling.sqr import RecollectionSchedule
 
 
 def check_positive(**counts: int) -> None:
@@ -178,10 +178,7 @@ class QueryDetector(nn.Module):
         for x, score, label, box in zip(batched_inputs, scores, labels, chosen, strict=True):
             height = x.get("height", x["image"].shape[-2])
             width = x.get("width", x["image"].shape[-1])
-            xyxy = box_cxcywh_to_xyxy(box) * box.new_tensor([width, height, width, height])
-            if self.clip_boxes:
-                xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
-                xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
+            xyxy = box_cxcywh_to_absolute_xyxy(box, height, width, clip=self.clip_boxes)
             if self.drop_empty_boxes:
                 keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
                 xyxy, score, label = xyxy[keep], score[keep], label[keep]

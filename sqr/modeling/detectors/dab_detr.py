@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sqr.layers.box_ops import inverse_sigmoid
+from sqr.layers.box_ops import inverse_sigmoid, refine_boxes
 from sqr.layers.mlp import MLP
 from sqr.modeling.criterion import SetCriterion
-from sqr.modeling.recollection import RecollectionSchedule
+from sqr.modeling.sqr import RecollectionSchedule
 
 from .base import QueryDetector, check_positive
 from .dab_transformer import DabDetrDecoder, DabDetrEncoder
@@ -115,5 +115,5 @@ class DABDETR(QueryDetector):
             memory, pos, self.anchor_box_embed.weight, self.bbox_embed, schedule
         )
         logits = self.class_embed(hidden)
-        boxes = (self.bbox_embed(hidden) + inverse_sigmoid(references, self.eps)).sigmoid()
+        boxes = refine_boxes(self.bbox_embed(hidden), references, self.eps)
         return logits, boxes, schedule

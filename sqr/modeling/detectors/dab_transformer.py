@@ -2,22 +2,29 @@
 
 Numerics follow detrex's DAB-DETR (``projects/dab_detr/modeling/dab_transformer.py`` at
 e244e6c), rewritten batch-first from typed layers. The decoder runs any
-:class:`~sqr.modeling.recollection.RecollectionSchedule`: the groups a stage decodes sit side by
+:class:`~sqr.modeling.sqr.RecollectionSchedule`: the groups a stage decodes sit side by
 side on the query axis against the unrepeated encoder memory; only self-attention separates them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from sqr.layers.attention import ConditionalCrossAttention, ConditionalSelfAttention
-from sqr.layers.box_ops import inverse_sigmoid
+from sqr.layers.box_ops import refine_boxes
 from sqr.layers.mlp import FFN, MLP
 from sqr.layers.position_encoding import sine_box_embedding
-from sqr.modeling.recollection import RecollectionSchedule
-
-from .query_groups import run_groups, stack_groups, take_groups
+from sqr.modeling.sqr import (
+    DecodedStage,
+    RecollectingDecoder,
+    RecollectionRunner,
+    RecollectionSchedule,
+    stack_groups,
+)
+from sqr.modeling.sqr.runner import LayerCall
 
 
 class DabEncoderLayer(nn.Module):
@@ -230,52 +237,35 @@ class DabDetrDecoder(nn.Module):
                 f"schedule has {schedule.num_stages} stages, decoder has {self.num_layers} layers"
             )
         batch, num_queries = memory.shape[0], anchors.shape[0]
-        # The reserve: group 0 is the initial queries (zero content, anchors as boxes).
-        contents = [memory.new_zeros(batch, num_queries, self.embed_dim)]
-        references = [anchors.sigmoid().unsqueeze(0).expand(batch, -1, -1)]
-        hidden, used_references = [], []
-        for stage in range(self.num_layers):
-            sources = schedule.sources(stage)
-            groups = len(sources)
-            content = torch.cat([contents[i] for i in sources], dim=1)
-            reference = torch.cat([references[i] for i in sources], dim=1)
-            used_references.append(reference)
-            # Boxes are detached between layers, as in the baseline; the anchors of the first
-            # layer stay attached so that they learn.
-            if stage > 0:
-                reference = reference.detach()
-            memory_kv = self.layers[stage].cross_attn.project_memory(memory, memory_pos)
-            out = self._run_stage(stage, content, reference, memory_kv, groups, num_queries)
-            hidden.append(self.norm(out))
-            if schedule.is_consumed(stage):
-                new_reference = (bbox_embed(out) + inverse_sigmoid(reference, self.eps)).sigmoid()
-                contents.extend(out.split(num_queries, dim=1))
-                references.extend(new_reference.split(num_queries, dim=1))
-            else:  # nothing decodes these outputs again: keep the reserve indices aligned only
-                contents.extend([None] * groups)
-                references.extend([None] * groups)
-
+        # The initial group: zero content, the anchors as boxes (attached, so that they learn).
+        content = memory.new_zeros(batch, num_queries, self.embed_dim)
+        reference = anchors.sigmoid().unsqueeze(0).expand(batch, -1, -1)
+        runner = RecollectionRunner(schedule, self.checkpoint_recollected and self.training)
+        stages = runner.run(_DabStages(self, memory, memory_pos, bbox_embed), content, reference)
+        hidden = [self.norm(stage.output) for stage in stages]
+        used_references = [r for stage in stages for r in stage.references]
         return stack_groups(hidden, num_queries), stack_groups(used_references, num_queries)
 
-    def _run_stage(
-        self,
-        stage: int,
-        content: torch.Tensor,
-        reference: torch.Tensor,
-        memory_kv: tuple[torch.Tensor, torch.Tensor],
-        groups: int,
-        num_queries: int,
-    ) -> torch.Tensor:
-        """:meth:`decode_stage` on the ``groups`` groups, through :func:`run_groups`."""
 
-        def decode(first: int, stop: int) -> torch.Tensor:
-            part = (first, stop, num_queries)
-            return self.decode_stage(
-                stage,
-                take_groups(content, *part),
-                take_groups(reference, *part),
-                memory_kv,
-                stop - first,
-            )
+@dataclass
+class _DabStages(RecollectingDecoder):
+    """The DAB-DETR decoder's side of the recollection runner, for one forward pass: boxes are
+    detached between layers, and a stage's output refines them with the shared box head."""
 
-        return run_groups(decode, groups, self.checkpoint_recollected and self.training)
+    decoder: DabDetrDecoder
+    memory: torch.Tensor
+    memory_pos: torch.Tensor
+    bbox_embed: nn.Module
+
+    def stage_call(self, stage: int) -> LayerCall:
+        memory_kv = self.decoder.layers[stage].cross_attn.project_memory(
+            self.memory, self.memory_pos
+        )
+        return lambda content, reference, num_groups: self.decoder.decode_stage(
+            stage, content, reference, memory_kv, num_groups
+        )
+
+    def refine_references(self, stage: int, decoded: DecodedStage) -> list[torch.Tensor]:
+        (reference,) = decoded.inputs  # the groups of a stage are all of one kind
+        boxes = refine_boxes(self.bbox_embed(decoded.output), reference, self.decoder.eps)
+        return list(boxes.split(decoded.group_sizes, dim=1))

@@ -28,15 +28,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sqr.layers.box_ops import refine_boxes
 from sqr.layers.mlp import MLP
 from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention
 from sqr.modeling.criterion import LOSS_NAMES, SetCriterion
 from sqr.modeling.neck import ChannelMapper
-from sqr.modeling.recollection import RecollectionSchedule
+from sqr.modeling.sqr import RecollectionSchedule
 
 from .base import QueryDetector, check_positive
 from .deformable_encoder import DeformableDetrEncoder, TwoStageProposals, valid_ratios
-from .deformable_transformer import DeformableDetrDecoder, refine_boxes
+from .deformable_transformer import DeformableDetrDecoder
 
 
 class DeformableDETR(QueryDetector):

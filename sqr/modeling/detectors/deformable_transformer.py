@@ -6,7 +6,7 @@ typed layers: post-norm layers, references scaled by each level's valid ratio, r
 ``sigmoid(delta + logit(reference))`` with the new references detached before the next layer.
 The encoder and the two-stage proposals are in :mod:`.deformable_encoder`.
 
-The decoder runs any :class:`~sqr.modeling.recollection.RecollectionSchedule`: the groups a stage
+The decoder runs any :class:`~sqr.modeling.sqr.RecollectionSchedule`: the groups a stage
 decodes sit side by side on the query axis against the encoder memory, whose value projection
 each layer computes once for all of them; only self-attention separates the groups. Without box
 refinement every group shares the static initial references, which are broadcast, never
@@ -16,35 +16,23 @@ repeated; with refinement (and in two-stage) every group carries its own referen
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import pairwise
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sqr.layers.box_ops import inverse_sigmoid
+from sqr.layers.box_ops import refine_boxes
 from sqr.layers.mlp import FFN
 from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention, add_to_groups
-from sqr.modeling.recollection import RecollectionSchedule
-
-from .query_groups import run_groups, stack_groups
-
-
-def refine_boxes(delta: torch.Tensor, reference: torch.Tensor, eps: float) -> torch.Tensor:
-    """Deformable-DETR's box from a head output and a reference, in sigmoid space.
-
-    Args:
-        delta: Tensor[..., 4] head output (logit space).
-        reference: Tensor[..., 2] points (only cx, cy are offset) or Tensor[..., 4] boxes.
-        eps: clamp of the inverse sigmoid.
-
-    Returns:
-        Tensor[..., 4] normalised cxcywh ``sigmoid(delta + logit(reference))``.
-    """
-    logit = inverse_sigmoid(reference, eps)
-    if reference.shape[-1] == 2:
-        logit = F.pad(logit, (0, 2))  # w, h come from the head alone
-    return (delta + logit).sigmoid()
+from sqr.modeling.sqr import (
+    DecodedStage,
+    RecollectingDecoder,
+    RecollectionRunner,
+    RecollectionSchedule,
+    stack_groups,
+)
+from sqr.modeling.sqr.runner import LayerCall
 
 
 class DeformableDecoderLayer(nn.Module):
@@ -222,69 +210,64 @@ class DeformableDetrDecoder(nn.Module):
             raise ValueError(f"{len(bbox_embed)} box heads for {self.num_layers} decoder layers")
         num_queries = content.shape[1]
         refine = bbox_embed is not None
-        # The reserve: group 0 is the initial queries; output group r sits at index r + 1.
-        contents, references = [content], [reference]
-        hidden, used = [], []
-        for stage in range(self.num_layers):
-            sources = schedule.sources(stage)
-            value_maps = self.layers[stage].cross_attn.project_value(
-                memory, spatial_shapes, padding_mask
-            )
-            groups = [contents[i] for i in sources]
-            if refine:  # references are detached between layers, as in the baseline
-                refs = [references[i] if stage == 0 else references[i].detach() for i in sources]
-            else:  # one static tensor shared by every group
-                refs = [reference] * len(groups)
-            out = self._run_stage(stage, groups, refs, query_pos, value_maps, ratios)
-            hidden.append(out)
-            used.extend(refs)
-            outputs = out.split(num_queries, dim=1)
-            consumed = schedule.is_consumed(stage)
-            # Stage outputs nothing decodes again keep the reserve indices aligned only.
-            contents.extend(outputs if consumed else [None] * len(groups))
-            if refine:
-                # The next stage detaches the new references: no graph is needed for them.
-                with torch.no_grad():
-                    references.extend(
-                        refine_boxes(bbox_embed[stage](o), r, self.eps) if consumed else None
-                        for o, r in zip(outputs, refs, strict=True)
-                    )
-
-        hidden_by_group = stack_groups(hidden, num_queries)
+        stage_layers = _DeformableStages(
+            self, query_pos, reference, memory, padding_mask, spatial_shapes, ratios, bbox_embed
+        )
+        runner = RecollectionRunner(schedule, self.checkpoint_recollected and self.training)
+        stages = runner.run(stage_layers, content, reference)
+        hidden = stack_groups([stage.output for stage in stages], num_queries)
         if not refine:
-            return hidden_by_group, reference.expand(len(used), *reference.shape)
+            return hidden, reference.expand(hidden.shape[0], *reference.shape)
+        # mmdet predicts from the references as the layers got them: detached after the first.
+        used = [r for stage in stages for r in stage.group_references(inputs=True)]
         padded = [F.pad(r, (0, 2), value=0.5) if r.shape[-1] == 2 else r for r in used]
-        return hidden_by_group, torch.stack(padded)
+        return hidden, torch.stack(padded)
 
-    def _run_stage(
-        self,
-        stage: int,
-        groups: list[torch.Tensor],
-        refs: list[torch.Tensor],
-        query_pos: torch.Tensor,
-        value_maps: Sequence[torch.Tensor],
-        ratios: torch.Tensor,
-    ) -> torch.Tensor:
-        """Decode ``groups`` (each [B, Q, C]) with their references ``refs``: [B, G*Q, C]."""
 
-        def run(first: int, stop: int) -> torch.Tensor:
-            chunk = refs[first:stop]
-            shared = all(r is chunk[0] for r in chunk)
-            return self.decode_stage(
-                stage,
-                groups[first] if stop - first == 1 else torch.cat(groups[first:stop], dim=1),
-                chunk[0] if shared else torch.cat(chunk, dim=1),
-                query_pos,
-                value_maps,
-                ratios,
-                stop - first,
+@dataclass
+class _DeformableStages(RecollectingDecoder):
+    """The Deformable-DETR decoder's side of the recollection runner, for one forward pass.
+
+    With refinement, each stage's box head refines its groups' references (without a graph:
+    the next stage detaches them anyway) and references are detached between stages; without,
+    every group samples around the static initial references, broadcast over the groups.
+    """
+
+    decoder: DeformableDetrDecoder
+    query_pos: torch.Tensor
+    reference: torch.Tensor
+    memory: torch.Tensor
+    padding_mask: torch.Tensor
+    spatial_shapes: Sequence[tuple[int, int]]
+    ratios: torch.Tensor
+    bbox_embed: nn.ModuleList | None
+
+    @property
+    def detach_references(self) -> bool:
+        return self.bbox_embed is not None
+
+    def stage_call(self, stage: int) -> LayerCall:
+        value_maps = self.decoder.layers[stage].cross_attn.project_value(
+            self.memory, self.spatial_shapes, self.padding_mask
+        )
+
+        def call(content: torch.Tensor, reference: torch.Tensor, num_groups: int):
+            if self.bbox_embed is None:
+                reference = self.reference
+            return self.decoder.decode_stage(
+                stage, content, reference, self.query_pos, value_maps, self.ratios, num_groups
             )
 
-        def decode(first: int, stop: int) -> torch.Tensor:
-            # Points and boxes give different sampling rules: groups of both kinds (the initial
-            # points next to refined boxes) run as one call per kind.
-            cuts = [g for g in range(first + 1, stop) if refs[g].shape[-1] != refs[g - 1].shape[-1]]
-            outputs = [run(a, b) for a, b in pairwise([first, *cuts, stop])]
-            return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+        return call
 
-        return run_groups(decode, len(groups), self.checkpoint_recollected and self.training)
+    def refine_references(self, stage: int, decoded: DecodedStage) -> list[torch.Tensor]:
+        sizes = decoded.group_sizes
+        if self.bbox_embed is None:
+            return [self.reference] * len(sizes)
+        outputs = decoded.output.split(sizes, dim=1)
+        references = decoded.group_references(inputs=True)
+        with torch.no_grad():
+            return [
+                refine_boxes(self.bbox_embed[stage](o), r, self.decoder.eps)
+                for o, r in zip(outputs, references, strict=True)
+            ]

@@ -1,7 +1,6 @@
-"""Necks: map backbone features to the detector's width (Deformable-DETR's ``ChannelMapper``,
-AdaMixer's ``ChannelMapping``)."""
+"""Necks: map backbone features to the detector's width (Deformable-DETR's and AdaMixer's input
+projections, both :class:`ChannelMapper`)."""
 
 from .channel_mapper import ChannelMapper
-from .channel_mapping import ChannelMapping
 
-__all__ = ["ChannelMapper", "ChannelMapping"]
+__all__ = ["ChannelMapper"]

@@ -7,8 +7,8 @@ from sqr.modeling.backbone import ResNet
 from sqr.modeling.criterion import SetCriterion
 from sqr.modeling.detectors import AdaMixer, AdaMixerDecoder
 from sqr.modeling.matcher import HungarianMatcher
-from sqr.modeling.neck import ChannelMapping
-from sqr.modeling.recollection import RecollectionSchedule
+from sqr.modeling.neck import ChannelMapper
+from sqr.modeling.sqr import RecollectionSchedule
 
 model = L(AdaMixer)(
     # mmdet frozen_stages=1 freezes the stem and layer1 (detectron2's freeze_at=2); it keeps the
@@ -16,11 +16,14 @@ model = L(AdaMixer)(
     backbone=L(ResNet)(
         depth=50, out_features=["res2", "res3", "res4", "res5"], freeze_at=2, norm="FrozenStatsBN"
     ),
-    neck=L(ChannelMapping)(
+    neck=L(ChannelMapper)(
         in_features=["res2", "res3", "res4", "res5"],
         in_channels=[256, 512, 1024, 2048],
         out_channels="${..decoder.feat_channels}",
+        num_extra_levels=0,
         num_groups=32,
+        bias=True,  # mmdet's ConvModule without a norm of its own keeps its bias
+        shared_norm=True,  # identity_fpn's one gn_out normalises every level
     ),
     decoder=L(AdaMixerDecoder)(
         num_stages=6,

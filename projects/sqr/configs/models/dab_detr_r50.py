@@ -6,7 +6,7 @@ from sqr.modeling.backbone import ResNet
 from sqr.modeling.criterion import SetCriterion
 from sqr.modeling.detectors import DABDETR, DabDetrDecoder, DabDetrEncoder
 from sqr.modeling.matcher import HungarianMatcher
-from sqr.modeling.recollection import RecollectionSchedule
+from sqr.modeling.sqr import RecollectionSchedule
 
 model = L(DABDETR)(
     backbone=L(ResNet)(depth=50, out_features=["res5"], freeze_at=1, norm="FrozenBN"),

@@ -9,7 +9,7 @@ from sqr.modeling.criterion import SetCriterion
 from sqr.modeling.detectors import DeformableDETR, DeformableDetrDecoder, DeformableDetrEncoder
 from sqr.modeling.matcher import HungarianMatcher
 from sqr.modeling.neck import ChannelMapper
-from sqr.modeling.recollection import RecollectionSchedule
+from sqr.modeling.sqr import RecollectionSchedule
 
 model = L(DeformableDETR)(
     # mmdet frozen_stages=1 freezes the stem and layer1 (detectron2's freeze_at=2); its BN

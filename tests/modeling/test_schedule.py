@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sqr.modeling.recollection import RecollectionSchedule
+from sqr.modeling.sqr import RecollectionSchedule
 
 # DESIGN.md: groups per stage for 6 stages, selective from stage k = 1..5, and dense.
 SELECTIVE = {
