@@ -1,8 +1,12 @@
 """Packaging for sqr.
 
-The shared config files under ``configs/`` are shipped inside the package as
-``sqr/config/configs`` so that ``sqr.config.get_config("common/train.py")`` works from a
-wheel as well as from a source checkout (where it reads ``configs/`` directly).
+The config files are shipped inside the package at their paths in the repository:
+``configs/`` as ``sqr/config/configs`` and ``projects/sqr/configs/`` as
+``sqr/config/projects/sqr/configs``, so that ``sqr.config.get_config("common/train.py")``,
+``sqr.model_zoo.get_config("sqr_dab_detr_r50_50ep.py")`` and the configs' relative imports work
+from a wheel as well as from a source checkout (where they read the repository's folders).
+
+The tools are installed as commands (``sqr-train``, ...; see :mod:`sqr.tools`).
 """
 
 import os
@@ -14,19 +18,34 @@ from setuptools.command.build_py import build_py
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+# Repository folders of config files, copied to the same relative paths under sqr/config.
+CONFIG_DIRS = ("configs", os.path.join("projects", "sqr", "configs"))
+TOOLS = {  # command -> module in sqr.tools, one per tools/<module>.py script
+    "sqr-train": "train_net",
+    "sqr-benchmark": "benchmark",
+    "sqr-convert": "convert_checkpoint",
+    "sqr-analyze": "analyze_stages",
+    "sqr-visualize": "visualize",
+    "sqr-plot": "plot_metrics",
+    "sqr-demo": "demo",
+    "sqr-analyze-model": "analyze_model",
+}
+
+
 class BuildWithConfigs(build_py):
-    """Copy ``configs/`` into the built package next to ``sqr/config``."""
+    """Copy the config folders (:data:`CONFIG_DIRS`) into the built package under ``sqr/config``."""
 
     def run(self) -> None:
         super().run()
         if not self.dry_run:
-            target = os.path.join(self.build_lib, "sqr", "config", "configs")
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(
-                os.path.join(HERE, "configs"),
-                target,
-                ignore=shutil.ignore_patterns("__pycache__"),
-            )
+            for folder in CONFIG_DIRS:
+                target = os.path.join(self.build_lib, "sqr", "config", folder)
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(
+                    os.path.join(HERE, folder),
+                    target,
+                    ignore=shutil.ignore_patterns("__pycache__"),
+                )
 
 
 setup(
@@ -42,20 +61,34 @@ setup(
         "torch>=2.1",
         "torchvision>=0.16",
         "fvcore>=0.1.5",
-        "iopath>=0.1.9",
         "omegaconf>=2.3",
-        "pycocotools>=2.0.6",
+        "pycocotools>=2.0.6",  # reading COCO jsons (sqr/data/coco.py)
+        # COCO AP (sqr/evaluation); 1.8 is the version tests/evaluation proves equal to pycocotools.
+        "faster-coco-eval>=1.8",
         "scipy>=1.9",
         "numpy>=1.23",
         "pillow>=9.0",
         "tqdm>=4.60",
         "pyyaml>=6.0",
         "tabulate>=0.9",
-        "matplotlib>=3.6",  # figures of tools/analyze_stages.py, visualize.py, plot_metrics.py
+        # Only the figures of sqr-analyze, sqr-visualize, sqr-plot and sqr-demo use it, but those
+        # are installed commands: as an extra they would be installed yet fail on first use.
+        "matplotlib>=3.6",
     ],
     extras_require={
-        "dev": ["pytest>=7.0", "pytest-timeout>=2.1", "tensorboard>=2.10", "ruff>=0.5"],
+        "dev": [
+            "pytest>=7.0",
+            "pytest-timeout>=2.1",
+            "tensorboard>=2.10",
+            "ruff>=0.5",
+            # tests/test_install.py builds the wheel offline (--no-build-isolation): the build
+            # backend must be in the environment; 70.1 has bdist_wheel without the wheel package.
+            "setuptools>=70.1",
+        ],
         "tensorboard": ["tensorboard>=2.10"],
+    },
+    entry_points={
+        "console_scripts": [f"{cmd} = sqr.tools.{mod}:invoke_main" for cmd, mod in TOOLS.items()]
     },
     cmdclass={"build_py": BuildWithConfigs},
 )

@@ -190,8 +190,7 @@ class LazyConfig:
                 raise ValueError(f"override {override!r} is not of the form key=value")
             add = key.startswith("+")
             key = key.lstrip("+")
-            if not add:
-                _check_key_exists(cfg, key)
+            _check_key(cfg, key, add)
             OmegaConf.update(cfg, key, _parse_value(text), merge=not add, force_add=add)
         return cfg
 
@@ -209,22 +208,44 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def _check_key_exists(cfg: DictConfig, key: str) -> None:
+def _check_key(cfg: DictConfig, key: str, add: bool) -> None:
+    """Refuse an override key that does not exist (unless ``add``) or that goes below a value.
+
+    A key that continues past a plain value names the value's own key instead: detectron2's
+    ``dataloader.train.dataset.names=x`` is ``dataloader.train.dataset=x`` here. Adding
+    ``names`` with ``+`` would silently turn the dataset name into ``{"names": "x"}``.
+
+    Raises:
+        KeyError: naming the key, the deepest existing part of it and what to type instead.
+    """
     node: Any = cfg
     parts = key.split(".")
     for depth, part in enumerate(parts):
-        if isinstance(node, (DictConfig, Mapping)) and part in node:
-            node = node[part]
-            continue
-        if isinstance(node, (ListConfig, list)) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-            continue
         parent = ".".join(parts[:depth]) or "<root>"
-        choices = sorted(str(k) for k in node) if isinstance(node, (DictConfig, Mapping)) else []
+        if isinstance(node, (DictConfig, Mapping)):
+            if part in node:
+                node = node[part]
+                continue
+            if add:
+                return  # OmegaConf creates the missing entries
+            choices = sorted(str(k) for k in node)
+            raise KeyError(
+                f"override key '{key}' does not exist: '{parent}' has no entry '{part}'"
+                + (f" (it has: {', '.join(choices)})" if choices else "")
+                + f". Prefix the key with '+' to add it: +{key}=..."
+            )
+        if isinstance(node, (ListConfig, list)):
+            if part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+                continue
+            indices = f", indexed 0..{len(node) - 1}" if len(node) else ""
+            raise KeyError(
+                f"override key '{key}' does not exist: '{parent}' is a list of {len(node)} "
+                f"entries{indices}; set an entry by its index or the whole list: {parent}=[...]"
+            )
         raise KeyError(
-            f"override key '{key}' does not exist: '{parent}' has no entry '{part}'"
-            + (f" (it has: {', '.join(choices)})" if choices else "")
-            + f". Prefix the key with '+' to add it: +{key}=..."
+            f"override key '{key}' goes below the value {node!r} of '{parent}', which has no "
+            f"entries; set the value itself: {parent}=..."
         )
 
 

@@ -1,6 +1,6 @@
 """A process-wide registry of named datasets.
 
-Datasets are referred to by name in configs (``DATASETS.TRAIN = ("coco_2017_train",)``).
+Datasets are referred to by name in configs (``dataloader.train.dataset = "coco_2017_train"``).
 A name maps to a COCO json and an image directory; both are resolved only when the
 dataset is loaded, so ``$DETECTRON2_DATASETS`` may be set after import.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqr.data.coco import Metadata, load_coco_json
@@ -30,9 +31,23 @@ __all__ = [
 
 _ENV_VAR = "DETECTRON2_DATASETS"
 
-# name -> callable returning (json_file, image_root); called at load time so that paths
-# follow the current value of $DETECTRON2_DATASETS.
-_REGISTRY: dict[str, Callable[[], tuple[str, str]]] = {}
+
+@dataclass(frozen=True)
+class _Entry:
+    """How to find a registered dataset's files.
+
+    Attributes:
+        resolve: Returns ``(json_file, image_root)``; called at load time so that built-in paths
+            follow the current value of ``$DETECTRON2_DATASETS``.
+        arguments: ``(json_file, image_root)`` as given to :func:`register_coco_instances`;
+            None for a built-in dataset.
+    """
+
+    resolve: Callable[[], tuple[str, str]]
+    arguments: tuple[str, str] | None
+
+
+_REGISTRY: dict[str, _Entry] = {}
 
 
 def datasets_root() -> Path:
@@ -43,7 +58,9 @@ def datasets_root() -> Path:
 def register_coco_instances(name: str, json_file: str, image_root: str) -> None:
     """Register a COCO-format instances dataset under ``name``.
 
-    Nothing is read until :func:`load_dataset` is called.
+    Nothing is read until :func:`load_dataset` is called. Registering a name again with the
+    same paths does nothing: a config file that registers its dataset runs on every load, and
+    ``train_net`` loads its config twice in one process (to launch, then to run).
 
     Args:
         name: Unique dataset name.
@@ -51,17 +68,27 @@ def register_coco_instances(name: str, json_file: str, image_root: str) -> None:
         image_root: Directory that the json's image ``file_name`` entries are relative to.
 
     Raises:
-        ValueError: If ``name`` is already registered.
+        ValueError: If ``name`` is a built-in dataset, or is already registered with another
+            ``json_file`` or ``image_root``.
     """
-    _register(name, lambda: (os.fspath(json_file), os.fspath(image_root)))
-
-
-def _register(name: str, resolve: Callable[[], tuple[str, str]]) -> None:
     if not isinstance(name, str) or not name:
         raise ValueError(f"Dataset name must be a non-empty string, got {name!r}")
-    if name in _REGISTRY:
-        raise ValueError(f"Dataset {name!r} is already registered")
-    _REGISTRY[name] = resolve
+    arguments = (os.fspath(json_file), os.fspath(image_root))
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        _REGISTRY[name] = _Entry(lambda: arguments, arguments)
+    elif entry.arguments is None:
+        raise ValueError(
+            f"Dataset {name!r} is built in and cannot be registered again (with "
+            f"json_file={arguments[0]!r}, image_root={arguments[1]!r}); choose another name"
+        )
+    elif entry.arguments != arguments:
+        (old_json, old_root), (new_json, new_root) = entry.arguments, arguments
+        raise ValueError(
+            f"Dataset {name!r} is already registered with json_file={old_json!r}, "
+            f"image_root={old_root!r}; registering it again with json_file={new_json!r}, "
+            f"image_root={new_root!r} would change what the name means; choose another name"
+        )
 
 
 def list_datasets() -> list[str]:
@@ -71,12 +98,12 @@ def list_datasets() -> list[str]:
 
 def _resolve(name: str) -> tuple[str, str]:
     try:
-        resolve = _REGISTRY[name]
+        entry = _REGISTRY[name]
     except KeyError:
         raise KeyError(
             f"Dataset {name!r} is not registered. Registered datasets: {', '.join(list_datasets())}"
         ) from None
-    return resolve()
+    return entry.resolve()
 
 
 @functools.lru_cache(maxsize=16)
@@ -165,6 +192,6 @@ def _synthetic_resolver(split: str) -> Callable[[], tuple[str, str]]:
 
 
 for _split in ("train", "val"):
-    _register(f"coco_2017_{_split}", _coco_resolver(_split))
-    _register(f"synthetic_shapes_{_split}", _synthetic_resolver(_split))
+    _REGISTRY[f"coco_2017_{_split}"] = _Entry(_coco_resolver(_split), None)
+    _REGISTRY[f"synthetic_shapes_{_split}"] = _Entry(_synthetic_resolver(_split), None)
 del _split

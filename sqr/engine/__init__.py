@@ -15,6 +15,7 @@ from .defaults import (
     default_setup,
     launch_main,
     load_config,
+    resolve_config_file,
     resolve_device,
 )
 from .hooks import (
@@ -28,6 +29,7 @@ from .hooks import (
 )
 from .launch import launch
 from .lr_scheduler import LRMultiplier, LRSchedule
+from .predictor import Predictor
 from .train_loop import HookBase, Trainer
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "LRSchedulerHook",
     "LoadReport",
     "PeriodicWriter",
+    "Predictor",
     "Trainer",
     "UnsafeCheckpointError",
     "capture_rng_state",
@@ -54,6 +57,7 @@ __all__ = [
     "launch_main",
     "load_config",
     "load_trained_weights",
+    "resolve_config_file",
     "resolve_device",
     "restore_rng_state",
 ]

@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from sqr.utils.env import share_cpu_threads
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
@@ -222,6 +224,8 @@ def _init_and_run(
     backend = _backend(device)
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
+    else:
+        share_cpu_threads(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
     try:
         if join_launcher_store:
             # The launcher serves the store at init_method: every rank joins it as a client.

@@ -1,22 +1,27 @@
-"""COCO-style box AP evaluation with pycocotools, usable from single or multiple processes."""
+"""COCO-style box AP evaluation, usable from single or multiple processes.
+
+The AP is computed by ``faster-coco-eval``: pycocotools' COCOeval with the per-image matching
+and the accumulation in C++, the same API and the same numbers (every reported metric is
+compared in ``tests/evaluation/test_faster_coco_eval.py``), and 5-10x faster (7.9 s -> 1.4 s
+for 100k detections on 1000 images).
+"""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
 import logging
 import math
 import os
+from collections import Counter
 from typing import Any
 
 import numpy as np
 import torch
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from faster_coco_eval import COCO, COCOeval_faster
 from tabulate import tabulate
 
 from sqr.data.catalog import get_metadata
+from sqr.data.coco import Metadata
 from sqr.utils import comm
 from sqr.utils.file_io import write_json
 
@@ -59,6 +64,7 @@ class COCOEvaluator:
         self._dataset_name = dataset_name
         self._metadata = get_metadata(dataset_name)
         self._contiguous_to_dataset = self._metadata.contiguous_id_to_dataset_id
+        self._category_keys = _category_keys(self._metadata)
         self._output_dir = output_dir
         self._max_dets = int(max_dets_per_image)
         self._coco_gt: COCO | None = None
@@ -131,8 +137,10 @@ class COCOEvaluator:
         """Gather predictions from all ranks and evaluate them on rank 0.
 
         Returns:
-            On rank 0, ``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"}}`` in percent
-            (NaN where the ground truth has no object of that size); ``{}`` on other ranks.
+            On rank 0, ``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl", "AP-<class>",
+            ...}}`` in percent, with one ``AP-<class>`` per class of the dataset (detectron2's
+            names, see :func:`_category_keys`); NaN where the ground truth has no object of
+            that size or class. ``{}`` on other ranks.
         """
         gathered = comm.all_gather(self._predictions)
         if not comm.is_main_process():
@@ -157,7 +165,7 @@ class COCOEvaluator:
                 self._dataset_name,
                 len(per_image),
             )
-            return {"bbox": {k: 0.0 for k in METRICS}}
+            return {"bbox": dict.fromkeys([*METRICS, *self._category_keys], 0.0)}
 
         metrics = self._run_cocoeval(results, sorted(per_image))
         return {"bbox": metrics}
@@ -185,8 +193,7 @@ class COCOEvaluator:
 
     def _ground_truth(self) -> COCO:
         if self._coco_gt is None:
-            with contextlib.redirect_stdout(io.StringIO()):
-                self._coco_gt = COCO(self._metadata.json_file)
+            self._coco_gt = COCO(self._metadata.json_file)
         return self._coco_gt
 
     def _run_cocoeval(self, results: list[dict[str, Any]], image_ids: list[int]) -> dict:
@@ -197,22 +204,26 @@ class COCOEvaluator:
                 f"COCOEvaluator: image ids {unknown[:10]} (of {len(unknown)}) are not in the "
                 f"ground truth {self._metadata.json_file}"
             )
-        # pycocotools prints progress to stdout; keep it quiet and log our own summary.
-        with contextlib.redirect_stdout(io.StringIO()):
-            # loadRes adds fields to the dicts it is given, so hand it copies.
-            coco_dt = coco_gt.loadRes([dict(r) for r in results])
-            coco_eval = COCOeval(coco_gt, coco_dt, "bbox")
-            coco_eval.params.imgIds = image_ids
-            coco_eval.params.maxDets = [1, 10, self._max_dets]
-            coco_eval.evaluate()
-            coco_eval.accumulate()
+        # loadRes adds fields to the dicts it is given, so hand it copies.
+        coco_dt = coco_gt.loadRes([dict(r) for r in results])
+        # Its progress lines go to debug: the summary below is what a user reads.
+        coco_eval = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=logger.debug)
+        coco_eval.params.imgIds = image_ids
+        coco_eval.params.maxDets = [1, 10, self._max_dets]
+        coco_eval.evaluate()
+        coco_eval.accumulate()
         # Computed from the precision array directly rather than COCOeval.summarize(),
         # whose AP line assumes maxDets == 100.
-        metrics = _summarize_precision(coco_eval)
-        self._log_results(metrics, coco_eval)
+        metrics = _summarize_precision(coco_eval.eval["precision"], coco_eval.params.iouThrs)
+        per_category = _per_category_ap(coco_eval.eval["precision"])
+        # The precision array's category axis follows params.catIds (sorted json ids).
+        dataset_to_contiguous = self._metadata.thing_dataset_id_to_contiguous_id
+        keys = [self._category_keys[dataset_to_contiguous[int(c)]] for c in coco_eval.params.catIds]
+        metrics.update(zip(keys, per_category, strict=True))
+        self._log_results(metrics)
         return metrics
 
-    def _log_results(self, metrics: dict[str, float], coco_eval: COCOeval) -> None:
+    def _log_results(self, metrics: dict[str, float]) -> None:
         table = tabulate(
             [[metrics[k] for k in METRICS]],
             headers=list(METRICS),
@@ -222,9 +233,7 @@ class COCOEvaluator:
         )
         logger.info("Evaluation results for bbox on %s:\n%s", self._dataset_name, table)
 
-        per_class = _per_category_ap(coco_eval)
-        names = self._metadata.thing_classes
-        rows = [(names[k], ap) for k, ap in enumerate(per_class)]
+        rows = [(key.removeprefix("AP-"), metrics[key]) for key in self._category_keys]
         # Lay the per-class results out in up to three column pairs to keep the log short.
         n_cols = min(3, len(rows)) or 1
         flat = list(itertools.chain.from_iterable(rows))
@@ -244,20 +253,34 @@ class COCOEvaluator:
         logger.info("copypaste: %s", ",".join(f"{metrics[k]:.4f}" for k in METRICS))
 
 
+def _category_keys(metadata: Metadata) -> list[str]:
+    """Result names of the per-category AP, in contiguous class order.
+
+    detectron2's ``AP-<class name>``; a name that several json categories share gets the json
+    id appended (``AP-car (id 7)``), so that no category's AP overwrites another's.
+    """
+    counts = Counter(metadata.thing_classes)
+    to_dataset = metadata.contiguous_id_to_dataset_id
+    return [
+        f"AP-{name}" if counts[name] == 1 else f"AP-{name} (id {to_dataset[k]})"
+        for k, name in enumerate(metadata.thing_classes)
+    ]
+
+
 def _mean_valid(precision: np.ndarray) -> float:
     """Mean of entries > -1 (COCOeval's marker for "no ground truth"), NaN if none."""
     valid = precision[precision > -1]
     return float(np.mean(valid)) * 100.0 if valid.size else math.nan
 
 
-def _summarize_precision(coco_eval: COCOeval) -> dict[str, float]:
-    """Standard box AP metrics in percent from ``coco_eval.eval["precision"]``.
+def _summarize_precision(precision: np.ndarray, iou_thrs: np.ndarray) -> dict[str, float]:
+    """Standard box AP metrics in percent from COCOeval's ``eval["precision"]``.
 
-    The precision array has shape [T, R, K, A, M]: IoU thresholds, recall points,
-    categories, area ranges (all, small, medium, large) and max-detection settings.
+    Args:
+        precision: Array [T, R, K, A, M]: IoU thresholds, recall points, categories, area
+            ranges (all, small, medium, large) and max-detection settings.
+        iou_thrs: The T IoU thresholds, ``params.iouThrs``.
     """
-    precision = coco_eval.eval["precision"]
-    iou_thrs = coco_eval.params.iouThrs
     t50 = int(np.argmin(np.abs(iou_thrs - 0.5)))
     t75 = int(np.argmin(np.abs(iou_thrs - 0.75)))
     last = -1  # the largest maxDets setting
@@ -271,7 +294,6 @@ def _summarize_precision(coco_eval: COCOeval) -> dict[str, float]:
     }
 
 
-def _per_category_ap(coco_eval: COCOeval) -> list[float]:
-    """AP in percent for each category, in the order of ``coco_eval.params.catIds``."""
-    precision = coco_eval.eval["precision"]
+def _per_category_ap(precision: np.ndarray) -> list[float]:
+    """AP in percent for each category of ``precision`` [T, R, K, A, M], in the order of K."""
     return [_mean_valid(precision[:, :, k, 0, -1]) for k in range(precision.shape[2])]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import re
 import resource
 import time
 from collections import defaultdict
@@ -22,6 +23,8 @@ from sqr.utils.file_io import to_strict_json
 logger = logging.getLogger(__name__)
 
 _CURRENT_STORAGE_STACK: list[EventStorage] = []
+# The decoder stage of a per-stage loss term: loss_class_s3.
+_STAGE_SUFFIX = re.compile(r"_s\d+$")
 
 
 def get_event_storage() -> EventStorage:
@@ -171,7 +174,8 @@ def max_memory_mb() -> float:
 
 
 class CommonMetricPrinter(EventWriter):
-    """Console line: ETA, iteration, losses, step and data time, learning rate, max memory."""
+    """Console line: ETA, iteration, total loss, each loss term summed over the stages, step and
+    data time, learning rate, max memory."""
 
     def __init__(self, max_iter: int, window_size: int = 20) -> None:
         self._max_iter = max_iter
@@ -192,6 +196,21 @@ class CommonMetricPrinter(EventWriter):
         self._last_write = (iteration, time.perf_counter())
         return str(datetime.timedelta(seconds=int(seconds)))
 
+    def _compact_losses(self, storage: EventStorage) -> dict[str, float]:
+        """``total_loss`` first, then each loss term summed over the decoder stages
+        (``loss_giou`` for ``loss_giou_s0`` ... ``loss_giou_s5``); the per-stage values stay in
+        ``metrics.json`` and TensorBoard. Each value is the median over the window."""
+        medians = {
+            name: storage.history(name).median(self._window_size)
+            for name in storage.names()
+            if "loss" in name
+        }
+        compact = {"total_loss": medians.pop("total_loss")}
+        for name, value in medians.items():
+            base = _STAGE_SUFFIX.sub("", name)
+            compact[base] = compact.get(base, 0.0) + value
+        return compact
+
     def write(self) -> None:
         storage = get_event_storage()
         if not storage.has("total_loss"):
@@ -201,9 +220,7 @@ class CommonMetricPrinter(EventWriter):
             return  # nothing trained since the last line (e.g. the final write after training)
         self._last_printed = iteration
         losses = "  ".join(
-            f"{name}: {storage.history(name).median(self._window_size):.4g}"
-            for name in storage.names()
-            if "loss" in name
+            f"{name}: {value:.4g}" for name, value in self._compact_losses(storage).items()
         )
 
         def timing(name: str) -> str:

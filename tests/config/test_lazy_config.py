@@ -108,6 +108,26 @@ def test_override_of_unknown_key_names_it(config_tree: Path) -> None:
         LazyConfig.apply_overrides(cfg, ["train.max_iter"])
 
 
+def test_override_below_a_value_names_the_value_key() -> None:
+    # detectron2's spelling: there the dataset is a call with a `names` argument, here the
+    # dataset entry is the name itself.
+    cfg = DictConfig({"dataloader": {"train": {"dataset": "coco_2017_train", "sizes": [1, 2]}}})
+    expected = (
+        r"'dataloader\.train\.dataset\.names' goes below the value 'coco_2017_train' of "
+        r"'dataloader\.train\.dataset'.*: dataloader\.train\.dataset=\.\.\."
+    )
+    with pytest.raises(KeyError, match=expected):
+        LazyConfig.apply_overrides(cfg, ["dataloader.train.dataset.names=my_train"])
+    # With '+' OmegaConf would replace the name by {"names": "my_train"}.
+    with pytest.raises(KeyError, match=expected):
+        LazyConfig.apply_overrides(cfg, ["+dataloader.train.dataset.names=my_train"])
+    assert cfg.dataloader.train.dataset == "coco_2017_train"
+    with pytest.raises(KeyError, match=r"'dataloader\.train\.sizes' is a list of 2 entries"):
+        LazyConfig.apply_overrides(cfg, ["dataloader.train.sizes.2=3"])
+    LazyConfig.apply_overrides(cfg, ["dataloader.train.sizes.1=3", "+dataloader.test.n=1"])
+    assert list(cfg.dataloader.train.sizes) == [1, 3] and cfg.dataloader.test.n == 1
+
+
 def test_save_round_trip_and_unserialisable_values(tmp_path: Path, caplog) -> None:
     cfg = DictConfig(
         {"model": L(torch.nn.Linear)(in_features=2, out_features=4), "train": {"f": lambda x: x}},

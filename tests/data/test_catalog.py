@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -67,13 +68,28 @@ def test_register_and_load(synthetic_root: Path) -> None:
     assert load_dataset(name)[0] is not records
 
 
-def test_duplicate_registration(tmp_path: Path) -> None:
+def test_registering_again(tmp_path: Path) -> None:
     name = _unique("test_catalog_dup")
     register_coco_instances(name, str(tmp_path / "a.json"), str(tmp_path))
-    with pytest.raises(ValueError, match=name):
+    # The same arguments again, as when a config file that registers its dataset is loaded
+    # twice: nothing changes. A Path equals its string.
+    register_coco_instances(name, tmp_path / "a.json", tmp_path)
+    assert list_datasets().count(name) == 1
+    with pytest.raises(ValueError) as info:
         register_coco_instances(name, str(tmp_path / "b.json"), str(tmp_path))
-    with pytest.raises(ValueError, match="coco_2017_train"):
+    msg = str(info.value)
+    assert repr(name) in msg
+    assert f"json_file={str(tmp_path / 'a.json')!r}" in msg  # the registered one
+    assert f"json_file={str(tmp_path / 'b.json')!r}" in msg  # the refused one
+    other_root = re.escape(f"image_root={str(tmp_path / 'other')!r}")
+    with pytest.raises(ValueError, match=other_root):
+        register_coco_instances(name, str(tmp_path / "a.json"), str(tmp_path / "other"))
+    with pytest.raises(ValueError, match="'coco_2017_train' is built in"):
         register_coco_instances("coco_2017_train", str(tmp_path / "b.json"), str(tmp_path))
+    with pytest.raises(ValueError, match="'synthetic_shapes_val' is built in"):
+        register_coco_instances("synthetic_shapes_val", str(tmp_path / "b.json"), str(tmp_path))
+    with pytest.raises(ValueError, match="non-empty string"):
+        register_coco_instances("", str(tmp_path / "a.json"), str(tmp_path))
 
 
 def test_unknown_name_lists_registered() -> None:

@@ -148,7 +148,8 @@ def test_init_checkpoint_and_eval_only(train_net, datasets_dir, tmp_path: Path) 
     results = run_standin(
         train_net, tmp_path / "eval", f"train.init_checkpoint={weights}", flags=("--eval-only",)
     )
-    assert set(results["bbox"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    per_category = {f"AP-{c}" for c in ("circle", "square", "triangle", "cross")}
+    assert set(results["bbox"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"} | per_category
     saved = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
     assert saved["results"]["bbox"]["AP"] == pytest.approx(results["bbox"]["AP"], nan_ok=True)
     assert saved["checkpoint"] == str(weights)

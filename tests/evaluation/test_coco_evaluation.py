@@ -54,7 +54,11 @@ def test_perfect_predictions(val_name: str, tmp_path: Path) -> None:
     assert sum(len(r["annotations"]) for r in records) > 0
     results = _evaluate(val_name, _ground_truth_outputs(records), str(tmp_path))
     bbox = results["bbox"]
-    assert set(bbox) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    # The six COCO metrics, then detectron2's per-category names.
+    per_category = [f"AP-{name}" for name in meta.thing_classes]
+    assert list(bbox) == ["AP", "AP50", "AP75", "APs", "APm", "APl", *per_category]
+    for key in per_category:
+        assert bbox[key] == pytest.approx(100.0, abs=1e-6)
     assert bbox["AP"] == pytest.approx(100.0, abs=1e-6)
     assert bbox["AP50"] == pytest.approx(100.0, abs=1e-6)
     assert bbox["AP75"] == pytest.approx(100.0, abs=1e-6)
@@ -99,7 +103,9 @@ def test_no_predictions(val_name: str, tmp_path: Path) -> None:
         for _ in records
     ]
     results = _evaluate(val_name, empty, str(tmp_path))
-    assert results == {"bbox": dict.fromkeys(("AP", "AP50", "AP75", "APs", "APm", "APl"), 0.0)}
+    per_category = ("AP-circle", "AP-square", "AP-triangle", "AP-cross")
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl", *per_category)
+    assert results == {"bbox": dict.fromkeys(keys, 0.0)}
     path = tmp_path / "inference" / "coco_instances_results.json"
     assert json.loads(path.read_text()) == []
 
@@ -191,3 +197,38 @@ def test_non_finite_predictions_are_dropped_and_counted(
     written = _strict_json(tmp_path / "inference" / "coco_instances_results.json")
     assert len(written) == sum(len(r["annotations"]) for r in records)
     assert all(all(map(math.isfinite, p["bbox"] + [p["score"]])) for p in written)
+
+
+def test_per_category_ap_under_names_with_sparse_ids(tmp_path: Path) -> None:
+    # Json ids 3, 7, 9 are the contiguous classes 0, 1, 2 (increasing id order); two categories
+    # share the name "car", so their keys carry the json id.
+    box = {"area": 400, "iscrowd": 0}
+    data = {
+        "images": [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 64} for i in (1, 2)],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 7, "bbox": [8, 8, 20, 20], **box},
+            {"id": 2, "image_id": 2, "category_id": 9, "bbox": [30, 30, 20, 20], **box},
+        ],
+        "categories": [
+            {"id": 7, "name": "car"},
+            {"id": 3, "name": "car"},
+            {"id": 9, "name": "bus"},
+        ],
+    }
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    name = f"test_eval_sparse_ids_{uuid.uuid4().hex[:8]}"
+    register_coco_instances(name, str(tmp_path / "ann.json"), str(tmp_path))
+    # Image 1: its car (id 7, class 1) found exactly. Image 2: its bus labelled as class 0
+    # (car, id 3), so the bus is missed and the id-3 detection matches nothing.
+    outputs = [
+        {"boxes": torch.tensor([[8.0, 8, 28, 28]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[30.0, 30, 50, 50]]), "labels": torch.tensor([0])},
+    ]
+    for out in outputs:
+        out["scores"] = torch.ones(1)
+    bbox = _evaluate(name, outputs)["bbox"]
+    assert list(bbox)[6:] == ["AP-car (id 3)", "AP-car (id 7)", "AP-bus"]
+    assert bbox["AP-car (id 7)"] == pytest.approx(100.0)  # its one object, found first
+    assert bbox["AP-bus"] == 0.0  # an object, never found
+    assert math.isnan(bbox["AP-car (id 3)"])  # no ground truth: AP undefined
+    assert bbox["AP"] == pytest.approx(50.0)  # mean over the two categories with objects

@@ -1,8 +1,7 @@
-"""Access to tools/train_net.py (a script, not a package module) from tests and workers."""
+"""Access to :mod:`sqr.tools.train_net` (tools/train_net.py's code) from tests and workers."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
@@ -13,10 +12,9 @@ STANDIN_CONFIG = str(REPO / "tests" / "configs" / "standin_synthetic.py")
 
 
 def load_train_net() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "tools" / "train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from sqr.tools import train_net
+
+    return train_net
 
 
 def parse(*argv: str):

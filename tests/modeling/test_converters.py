@@ -6,7 +6,6 @@ detrex's DAB-DETR), not derived from the converters, so a wrong rule cannot hide
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pickle
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from sqr.modeling.converters import (
     convert_detectron2_resnet,
     convert_detrex_dab_detr,
 )
+from sqr.tools import convert_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 NORM = ("weight", "bias", "running_mean", "running_var")
@@ -309,20 +309,11 @@ def test_detrex_loads_into_real_dab_detr() -> None:
 # ----------------------------------------------------------------------------- the tool
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "convert_checkpoint", REPO / "tools" / "convert_checkpoint.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("fmt", ["detrex_dab_detr", "auto"])
 def test_tool_converts_detrex_file(tmp_path: Path, fmt: str) -> None:
     src, dst = tmp_path / "detrex.pth", tmp_path / "out" / "sqr.pth"
     torch.save({"model": detrex_dab_detr_state(Filler(small=True)), "iteration": 7}, src)
-    assert _tool().main(["--format", fmt, str(src), str(dst)]) == 0
+    assert convert_checkpoint.main(["--format", fmt, str(src), str(dst)]) == 0
     data = torch.load(dst, weights_only=True)
     assert set(data["model"]) == expected_dab_detr_names()
     assert data["__converted_from__"] == "detrex_dab_detr"
@@ -335,7 +326,7 @@ def test_tool_auto_detects_detectron2_pkl(tmp_path: Path) -> None:
     arrays["stem.fc.weight"] = np.zeros(1, dtype=np.float32)
     with open(src, "wb") as f:
         pickle.dump({"model": arrays, "__author__": "torchvision"}, f)
-    assert _tool().main(["--format", "auto", str(src), str(dst)]) == 0
+    assert convert_checkpoint.main(["--format", "auto", str(src), str(dst)]) == 0
     data = torch.load(dst, weights_only=True)
     assert data["__converted_from__"] == "detectron2_resnet"
     assert "backbone.layer4.0.downsample.1.running_var" in data["model"]
@@ -347,7 +338,7 @@ def test_tool_failure_leaves_output_untouched(tmp_path: Path, capsys) -> None:
     src, dst = tmp_path / "bad.pth", tmp_path / "existing.pth"
     torch.save({"model": state}, src)
     dst.write_bytes(b"previous contents")
-    assert _tool().main(["--format", "detrex_dab_detr", str(src), str(dst)]) == 1
+    assert convert_checkpoint.main(["--format", "detrex_dab_detr", str(src), str(dst)]) == 1
     assert dst.read_bytes() == b"previous contents"
     assert "transformer.decoder.mystery.weight" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["bad.pth", "existing.pth"]
@@ -356,6 +347,26 @@ def test_tool_failure_leaves_output_untouched(tmp_path: Path, capsys) -> None:
 def test_tool_auto_refuses_unknown_layout(tmp_path: Path, capsys) -> None:
     src = tmp_path / "other.pth"
     torch.save({"model": {"encoder.layers.0.norm1.weight": torch.zeros(1)}}, src)
-    assert _tool().main(["--format", "auto", str(src), str(tmp_path / "o.pth")]) == 1
+    assert convert_checkpoint.main(["--format", "auto", str(src), str(tmp_path / "o.pth")]) == 1
     assert "matches no known format" in capsys.readouterr().err
+    assert not (tmp_path / "o.pth").exists()
+
+
+def test_native_modules_cover_every_detector() -> None:
+    from helpers.detectors import build_detector
+    from helpers.recollection_reference import CASES, CONFIGS
+
+    from sqr.modeling.converters import NATIVE_MODULES
+
+    for config, tiny in {(c, tuple(t)) for c, t, _ in CASES.values()}:
+        state = build_detector(CONFIGS / config, list(tiny)).state_dict()
+        assert {key.split(".")[0] for key in state} <= NATIVE_MODULES, config
+
+
+def test_tool_auto_says_a_native_checkpoint_needs_no_conversion(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "model_final.pth"
+    state = {"backbone.stem.conv1.weight": torch.zeros(1), "decoder.norm.weight": torch.zeros(1)}
+    torch.save({"model": state, "iteration": 9}, src)
+    assert convert_checkpoint.main(["--format", "auto", str(src), str(tmp_path / "o.pth")]) == 1
+    assert "already has sqr's parameter names" in capsys.readouterr().err
     assert not (tmp_path / "o.pth").exists()

@@ -6,7 +6,6 @@ exactly these names: its ``converter.py`` renames every original key onto them."
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from sqr.modeling.converters import (
     convert_detrex_deformable_detr,
     detect_format,
 )
+from sqr.tools import convert_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "projects/sqr/configs"
@@ -268,14 +268,9 @@ def test_detect_format_tells_detrex_dab_from_deformable() -> None:
 
 
 def test_tool_auto_converts_detrex_file(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "convert_checkpoint", REPO / "tools" / "convert_checkpoint.py"
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     src, dst = tmp_path / "converted_deformable_detr_two_stage_50ep.pth", tmp_path / "out.pth"
     torch.save({"model": detrex_deformable_state(Filler(small=True), "two_stage")}, src)
-    assert tool.main(["--format", "auto", str(src), str(dst)]) == 0
+    assert convert_checkpoint.main(["--format", "auto", str(src), str(dst)]) == 0
     data = torch.load(dst, weights_only=True)
     assert data["__converted_from__"] == "detrex_deformable_detr_refine"
     assert "proposals.enc_output.weight" in data["model"]

@@ -3,7 +3,6 @@ sets written out here from the published layouts (REFERENCE 4.2), not from the c
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from sqr.modeling.converters import (
     convert_torchvision_resnet,
     detect_format,
 )
+from sqr.tools import convert_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "projects/sqr/configs"
@@ -214,16 +214,11 @@ def test_registered_and_torchvision_rules_are_exact() -> None:
 
 
 def test_tool_converts_torchvision_file(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "convert_checkpoint", REPO / "tools" / "convert_checkpoint.py"
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     state = torchvision_r50_state(lambda *shape: torch.zeros(1))
     state["fc.weight"], state["fc.bias"] = torch.zeros(1), torch.zeros(1)
     src, dst = tmp_path / "resnet50.pth", tmp_path / "out.pth"
     torch.save(state, src)  # a bare state_dict, as torchvision publishes it
-    assert tool.main(["--format", "auto", str(src), str(dst)]) == 0
+    assert convert_checkpoint.main(["--format", "auto", str(src), str(dst)]) == 0
     data = torch.load(dst, weights_only=True)
     assert data["__converted_from__"] == "torchvision_resnet"
     assert "backbone.layer4.2.conv3.weight" in data["model"] and "fc.weight" not in data["model"]

@@ -1,8 +1,7 @@
-"""tools/analyze_stages.py end to end: a small DAB-DETR on the synthetic shapes val split."""
+"""sqr.tools.analyze_stages end to end: a small DAB-DETR on the synthetic shapes val split."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,24 +16,16 @@ from PIL import Image
 from sqr.config import LazyConfig, instantiate
 from sqr.data import build_detection_test_loader
 from sqr.evaluation import inference_on_dataset
+from sqr.tools import analyze_stages
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = str(REPO / "projects/sqr/configs/quickstart/sqr_dab_detr_synthetic.py")
 SMALL = ["train.device=cpu"]
 
 
-def load_tool(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        f"sqr_tools_{name}", REPO / "tools" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def tool() -> ModuleType:
-    return load_tool("analyze_stages")
+    return analyze_stages
 
 
 @pytest.fixture(scope="module")

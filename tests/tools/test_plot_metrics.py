@@ -1,8 +1,7 @@
-"""tools/plot_metrics.py: reading metrics.json by hand, and plots of a real training run."""
+"""sqr.tools.plot_metrics: reading metrics.json by hand, and plots of a real training run."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -11,16 +10,14 @@ import pytest
 from helpers.train_net import REPO, load_train_net, parse
 from PIL import Image
 
+from sqr.tools import plot_metrics
+
 QUICKSTART = str(REPO / "projects/sqr/configs/quickstart/sqr_dab_detr_synthetic.py")
 
 
 @pytest.fixture(scope="module")
 def tool() -> ModuleType:
-    path = REPO / "tools" / "plot_metrics.py"
-    spec = importlib.util.spec_from_file_location("sqr_tools_plot_metrics", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return plot_metrics
 
 
 def write_rows(path: Path, rows: list[dict | str]) -> None:

@@ -1,8 +1,7 @@
-"""tools/visualize.py: the per-stage panels by hand, and the grid PNG end to end."""
+"""sqr.tools.visualize: the per-stage panels by hand, and the grid PNG end to end."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
@@ -11,6 +10,7 @@ import torch
 from PIL import Image
 
 from sqr.config import LazyConfig, instantiate
+from sqr.tools import visualize
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = str(REPO / "projects/sqr/configs/quickstart/sqr_dab_detr_synthetic.py")
@@ -18,11 +18,7 @@ QUICKSTART = str(REPO / "projects/sqr/configs/quickstart/sqr_dab_detr_synthetic.
 
 @pytest.fixture(scope="module")
 def tool() -> ModuleType:
-    path = REPO / "tools" / "visualize.py"
-    spec = importlib.util.spec_from_file_location("sqr_tools_visualize", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return visualize
 
 
 def test_stage_panels_keep_the_top_queries_and_mark_true_positives(tool) -> None:

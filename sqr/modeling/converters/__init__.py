@@ -26,6 +26,8 @@ from .mmdet_deformable import (
 )
 
 __all__ = [
+    "NATIVE_MODULES",
+    "is_native",
     "CONVERTERS",
     "ConversionError",
     "convert",
@@ -51,6 +53,33 @@ CONVERTERS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "mmdet_deformable_detr_refine": convert_mmdet_deformable_detr_refine,
     "torchvision_resnet": convert_torchvision_resnet,
 }
+
+
+#: The top-level modules of sqr's detectors (tests/modeling/test_converters.py keeps it complete).
+NATIVE_MODULES = frozenset(
+    {
+        "anchor_box_embed",
+        "backbone",
+        "bbox_embed",
+        "class_embed",
+        "decoder",
+        "encoder",
+        "input_proj",
+        "level_embeds",
+        "neck",
+        "proposals",
+        "query_embedding",
+        "query_generator",
+        "reference_points",
+    }
+)
+
+
+def is_native(state: Mapping[str, Any]) -> bool:
+    """Whether ``state`` already uses sqr's names: a backbone and a decoder, and no top-level
+    module that sqr's detectors lack."""
+    top = {key.removeprefix("module.").split(".")[0] for key in state}
+    return {"backbone", "decoder"} <= top <= NATIVE_MODULES
 
 
 def convert(state: Mapping[str, Any], fmt: str) -> dict[str, Any]:

@@ -1,0 +1,195 @@
+"""Train or evaluate a detector described by a LazyConfig file.
+
+    python tools/train_net.py --config-file projects/sqr/configs/X.py --num-gpus 8
+    python tools/train_net.py --config-file X.py --eval-only train.init_checkpoint=model.pth
+    python tools/train_net.py --config-file X.py --resume          # continue in train.output_dir
+    python tools/train_net.py --config-file X.py --num-gpus 2 train.device=cpu   # 2 gloo processes
+    sqr-train --config-file quickstart/sqr_dab_detr_synthetic.py   # installed; config by name
+
+``--config-file`` is a path, or the name of a config under ``projects/sqr/configs`` (see
+:func:`sqr.engine.resolve_config_file`), which an installed package ships.
+
+The output directory follows detectron2: config.yaml, log.txt, metrics.json, TensorBoard events,
+model_XXXXXXX.pth, model_final.pth, last_checkpoint, inference/ (and eval_results.json).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import torch
+from omegaconf import DictConfig
+from torch.nn.parallel import DistributedDataParallel
+
+from sqr.config import instantiate
+from sqr.engine import (
+    CheckpointHook,
+    DetectionCheckpointer,
+    EvalHook,
+    IterationTimer,
+    LRMultiplier,
+    LRSchedulerHook,
+    PeriodicWriter,
+    Trainer,
+    check_num_classes,
+    check_train_options,
+    default_argument_parser,
+    default_setup,
+    launch_main,
+    load_config,
+    load_trained_weights,
+    restore_rng_state,
+)
+from sqr.evaluation import inference_on_dataset
+from sqr.utils import comm
+from sqr.utils.events import CommonMetricPrinter, JSONWriter, TensorboardWriter
+from sqr.utils.file_io import write_json
+
+logger = logging.getLogger("sqr.train_net")
+
+
+def do_test(cfg: DictConfig, model: torch.nn.Module) -> dict:
+    """Run the test loader through the evaluator; ``{}`` when the config has no evaluator."""
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    model = model.module if isinstance(model, DistributedDataParallel) else model
+    return inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
+
+
+def max_iterations(cfg: DictConfig, loader) -> int:
+    """``train.max_iter``, or ``train.max_epochs`` converted with the dataset and batch size."""
+    max_iter, max_epochs = cfg.train.get("max_iter"), cfg.train.get("max_epochs")
+    if (max_iter is None) == (max_epochs is None):
+        raise ValueError(
+            "set exactly one of train.max_iter and train.max_epochs "
+            f"(got max_iter={max_iter}, max_epochs={max_epochs})"
+        )
+    total_batch = loader.batch_sampler.total_batch_size
+    per_epoch = math.ceil(len(loader.dataset) / total_batch)
+    logger.info(
+        "%d training images, total batch %d: %d iterations per epoch",
+        len(loader.dataset),
+        total_batch,
+        per_epoch,
+    )
+    reference = cfg.train.get("reference_total_batch_size")
+    if reference and reference != total_batch:
+        logger.warning(
+            "total batch %d differs from the recipe's %d; the learning rate is not rescaled",
+            total_batch,
+            reference,
+        )
+    return max_iter if max_iter is not None else max_epochs * per_epoch
+
+
+def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
+    """Train ``model`` in place, resuming from ``train.output_dir`` with ``--resume``."""
+    check_train_options(cfg.train)
+    check_num_classes(model, cfg.dataloader.train.dataset)
+    model.train()
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    max_iter = max_iterations(cfg, train_loader)
+    if comm.get_world_size() > 1:
+        device_ids = [comm.get_local_rank()] if cfg.train.device == "cuda" else None
+        model = DistributedDataParallel(model, device_ids=device_ids, **cfg.train.ddp)
+    scheduler = LRMultiplier(optimizer, instantiate(cfg.lr_multiplier), max_iter)
+    clip = cfg.train.clip_grad
+    trainer = Trainer(
+        model,
+        train_loader,
+        optimizer,
+        amp_dtype=cfg.train.amp.dtype if cfg.train.amp.enabled else None,
+        clip_grad_max_norm=clip.params.max_norm if clip.enabled else None,
+        clip_grad_norm_type=clip.params.norm_type,
+    )
+    checkpointer = DetectionCheckpointer(
+        model,
+        cfg.train.output_dir,
+        save_to_disk=comm.is_main_process(),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        trainer=trainer,
+    )
+    resuming = args.resume and checkpointer.has_checkpoint()
+    extra = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    start_iter = extra.get("iteration", -1) + 1 if resuming else 0
+    if resuming:
+        rng = extra.get("rng")
+        if rng is not None and len(rng) == comm.get_world_size():
+            restore_rng_state(rng[comm.get_rank()])
+        else:
+            logger.warning("checkpoint has no RNG state for this world size; keeping fresh seeds")
+    train_loader.batch_sampler.start_iter = start_iter
+
+    writers = []
+    if comm.is_main_process():
+        writers = [
+            CommonMetricPrinter(max_iter),
+            JSONWriter(os.path.join(cfg.train.output_dir, "metrics.json")),
+        ]
+        try:
+            writers.append(TensorboardWriter(cfg.train.output_dir))
+        except ImportError:
+            logger.info("tensorboard is not installed: no TensorBoard events are written")
+    trainer.register_hooks(
+        [
+            IterationTimer(),
+            LRSchedulerHook(optimizer, scheduler),
+            CheckpointHook(
+                checkpointer,
+                cfg.train.checkpointer.period,
+                max_iter,
+                cfg.train.checkpointer.max_to_keep,
+            ),
+            EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            PeriodicWriter(writers, cfg.train.log_period) if comm.is_main_process() else None,
+        ]
+    )
+    trainer.train(start_iter, max_iter)
+
+
+def do_eval_only(cfg: DictConfig, args, model: torch.nn.Module) -> dict:
+    """Load ``train.init_checkpoint``, evaluate, and write ``eval_results.json``."""
+    path = cfg.train.init_checkpoint
+    load_trained_weights(model, path, purpose="--eval-only")
+    results = do_test(cfg, model)
+    if comm.is_main_process() and cfg.train.output_dir:
+        record = {
+            "results": results,
+            "checkpoint": path,
+            "config_file": args.config_file,
+            "world_size": comm.get_world_size(),
+        }
+        path = os.path.join(cfg.train.output_dir, "eval_results.json")
+        write_json(path, record, indent=2)
+    return results
+
+
+def setup(args) -> DictConfig:
+    cfg = load_config(args)
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args) -> dict | None:
+    cfg = setup(args)
+    model = instantiate(cfg.model).to(cfg.train.device)
+    logger.info("Model:\n%s", model)
+    if args.eval_only:
+        return do_eval_only(cfg, args, model)
+    do_train(cfg, args, model)
+    return None
+
+
+def invoke_main() -> None:
+    launch_main(main, default_argument_parser().parse_args())
+
+
+if __name__ == "__main__":
+    invoke_main()
