@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,6 +25,35 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+class SerializedList(Sequence):
+    """A list of picklable records stored as one byte buffer (detectron2's
+    ``DatasetFromList(serialize=True)``).
+
+    A list of dicts is millions of Python objects whose reference counts every forked loader
+    worker touches, so each worker gradually copies them all (about 0.5 GB per process for COCO
+    train, times the workers and ranks). One NumPy buffer and its offsets have no such objects;
+    every access unpickles a fresh copy of the record.
+
+    Args:
+        records: the records.
+    """
+
+    def __init__(self, records: Sequence[Any]) -> None:
+        chunks = [np.frombuffer(pickle.dumps(r, protocol=-1), dtype=np.uint8) for r in records]
+        self._ends = np.cumsum([len(c) for c in chunks], dtype=np.int64)
+        self._buffer = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, index: int) -> Any:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"record {index} of {len(self)}")
+        index %= len(self)
+        start = int(self._ends[index - 1]) if index else 0
+        return pickle.loads(self._buffer[start : int(self._ends[index])].tobytes())
+
+
 class MapDataset(Dataset):
     """Apply a mapper to a list of records, optionally under a per-sample seed.
 
@@ -35,12 +65,12 @@ class MapDataset(Dataset):
     the sample.
 
     Args:
-        records: Dataset records.
+        records: Dataset records (stored serialised, see :class:`SerializedList`).
         mapper: Callable turning one record into a model input.
     """
 
     def __init__(self, records: list[dict[str, Any]], mapper: Callable[[dict[str, Any]], Any]):
-        self.records = records
+        self.records = SerializedList(records)
         self.mapper = mapper
 
     def __len__(self) -> int:
@@ -153,6 +183,7 @@ def build_detection_train_loader(
     num_workers: int = 0,
     seed: int = 0,
     shuffle: bool = True,
+    pin_memory: bool | None = None,
 ) -> DataLoader:
     """Build an infinite training loader for this rank.
 
@@ -168,6 +199,8 @@ def build_detection_train_loader(
         num_workers: Loader worker processes (0 loads in the main process).
         seed: Base seed of the sample order and of the per-sample augmentation seeds.
         shuffle: Shuffle every epoch.
+        pin_memory: page-lock the batches so that the model's ``non_blocking`` copies to the GPU
+            overlap with compute (None: when CUDA is available).
 
     Returns:
         The DataLoader (infinite; ``len()`` is undefined).
@@ -191,6 +224,7 @@ def build_detection_train_loader(
         collate_fn=trivial_batch_collator,
         worker_init_fn=worker_init_fn,
         persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         # A private generator: creating the iterator (worker base seeds) must not draw from the
         # global RNG, or a resumed run would consume one draw more than an uninterrupted one.
         generator=torch.Generator().manual_seed(derive_seed(seed, sampler.rank)),

@@ -225,6 +225,7 @@ class DetectionCheckpointer(Checkpointer):
         self.last_report: LoadReport | None = None
         self._require_complete = False
         self._loading = ""
+        self.resumed_from: str | None = None
 
     def save(
         self, name: str, *, model_buffers: dict[str, torch.Tensor] | None = None, **kwargs: Any
@@ -334,9 +335,28 @@ class DetectionCheckpointer(Checkpointer):
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         """Resume from ``last_checkpoint`` in ``save_dir`` when asked and present, else load
-        ``path`` as weights only (no optimizer, scheduler or iteration)."""
-        if resume and self.has_checkpoint():
+        ``path`` as weights only (no optimizer, scheduler or iteration).
+
+        Rank 0 decides whether and from which file to resume, and every rank follows: a node
+        that cannot see the checkpoint must not silently restart at iteration 0. Sets
+        :attr:`resumed_from` (the file, or None).
+
+        Raises:
+            FileNotFoundError: on every rank, when some rank cannot read the file rank 0 chose.
+        """
+        last = None
+        if resume and comm.is_main_process() and self.has_checkpoint():
             last = self.get_checkpoint_file()
+        last = comm.broadcast_object(last)
+        self.resumed_from = last
+        if last is not None:
+            readable = comm.all_gather(os.path.isfile(last))
+            if not all(readable):
+                ranks = [rank for rank, ok in enumerate(readable) if not ok]
+                raise FileNotFoundError(
+                    f"--resume: rank 0 resumes from {last}, which rank(s) {ranks} cannot read; "
+                    "every node must see train.output_dir (a shared filesystem)"
+                )
             # A run resumes only into the model that wrote the checkpoint.
             extra = self.load(last, require_complete=True)
             self.logger.info(

@@ -124,6 +124,15 @@ def default_setup(cfg: DictConfig, args: argparse.Namespace) -> None:
     used = seed_all_rng(None if seed is None or seed < 0 else seed + rank)
     logger.info("Using seed %d for rank %d", used, rank)
     torch.backends.cudnn.benchmark = bool(cfg.train.get("cudnn_benchmark", False))
+    if cfg.train.device.startswith("cuda"):
+        precision = cfg.train.get("float32_matmul_precision", "high")
+        if precision not in ("highest", "high", "medium"):
+            raise ValueError(
+                "train.float32_matmul_precision must be 'highest', 'high' or 'medium', got "
+                f"{precision!r}"
+            )
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.allow_tf32 = precision != "highest"
     if cfg.train.device == "cpu":
         # The README's measured CPU speed-up, without an environment variable to remember.
         keep_freed_memory()

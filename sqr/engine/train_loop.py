@@ -76,6 +76,9 @@ class Trainer:
             scaler).
         clip_grad_max_norm: clip the global gradient norm to this value (None: no clipping).
         clip_grad_norm_type: the norm used for clipping.
+        log_period: iterations between the reads of the losses into the event storage (the
+            writers' period): in between they stay on the device, so that logging costs one
+            synchronisation per period, not one per loss term and step.
     """
 
     def __init__(
@@ -87,10 +90,13 @@ class Trainer:
         amp_dtype: str | None = None,
         clip_grad_max_norm: float | None = None,
         clip_grad_norm_type: float = 2.0,
+        log_period: int = 20,
     ) -> None:
         device = next(model.parameters()).device
         if amp_dtype is not None and amp_dtype not in _AMP_DTYPES:
             raise ValueError(f"amp dtype must be one of {sorted(_AMP_DTYPES)}, got {amp_dtype!r}")
+        if isinstance(log_period, bool) or not isinstance(log_period, int) or log_period < 1:
+            raise ValueError(f"log_period must be a positive integer, got {log_period!r}")
         if clip_grad_max_norm is not None and not clip_grad_max_norm > 0:
             raise ValueError(f"clip_grad_max_norm must be positive, got {clip_grad_max_norm!r}")
         self.model = model
@@ -101,6 +107,8 @@ class Trainer:
         self.grad_scaler = torch.amp.GradScaler(device.type) if amp_dtype == "float16" else None
         self.clip_grad_max_norm = clip_grad_max_norm
         self.clip_grad_norm_type = clip_grad_norm_type
+        self.log_period = log_period
+        self._pending_metrics: list[tuple[int, list[str], torch.Tensor, float]] = []
         self.hooks: list[HookBase] = []
         self.iter = self.start_iter = self.max_iter = 0
         self.storage: EventStorage | None = None
@@ -166,13 +174,29 @@ class Trainer:
         else:
             self.optimizer.step()
 
-        metrics = {name: loss.detach().item() for name, loss in loss_dict.items()}
-        metrics["data_time"] = data_time
-        metrics = comm.reduce_dict_mean(metrics)
-        self.storage.put_scalar(
-            "total_loss", sum(v for k, v in metrics.items() if k != "data_time")
-        )
-        self.storage.put_scalars(**metrics)
+        # Kept on the device until the log period ends: reading a loss is a synchronisation.
+        values = torch.stack([loss.detach().float() for loss in loss_dict.values()])
+        self._pending_metrics.append((self.iter, list(loss_dict), values, data_time))
+        if (self.iter + 1) % self.log_period == 0 or self.iter == self.max_iter - 1:
+            self._flush_metrics()
+
+    def _flush_metrics(self) -> None:
+        """Average the pending steps' losses and data times over ranks (one collective) and
+        read them (one host copy) into the event storage, each at its own iteration."""
+        pending, self._pending_metrics = self._pending_metrics, []
+        names = pending[0][1]
+        if any(step_names != names for _, step_names, _, _ in pending):
+            raise ValueError(f"the model's loss terms changed between iterations: {names}")
+        losses = torch.stack([values for _, _, values, _ in pending])  # [steps, terms]
+        data_times = losses.new_tensor([data_time for *_, data_time in pending])
+        table = torch.cat([losses, data_times[:, None]], dim=1)
+        table = (comm.all_reduce_sum(table) / comm.get_world_size()).tolist()
+        current = self.storage.iter
+        for (iteration, *_), row in zip(pending, table, strict=True):
+            self.storage.iter = iteration
+            self.storage.put_scalar("total_loss", sum(row[:-1]))
+            self.storage.put_scalars(**dict(zip(names, row[:-1], strict=True)), data_time=row[-1])
+        self.storage.iter = current
 
     def verify_state(self) -> None:
         """Check that the current parameters give a finite loss and finite gradients on the next
@@ -243,11 +267,11 @@ class Trainer:
         flags[comm.get_rank(), 0] = (~torch.isfinite(losses.detach())).float()
         if self.grad_scaler is None:  # with fp16, the scaler skips steps with inf gradients
             flags[comm.get_rank(), 1] = (~torch.isfinite(grad_norm)).float()
-        flags = comm.all_reduce_sum(flags).cpu()
-        if not flags.any():
+        flags = comm.all_reduce_sum(flags).tolist()  # the one read
+        if not any(map(any, flags)):
             return
-        loss_ranks = flags[:, 0].nonzero().flatten().tolist()
-        grad_ranks = flags[:, 1].nonzero().flatten().tolist()
+        loss_ranks = [rank for rank, (loss, _) in enumerate(flags) if loss]
+        grad_ranks = [rank for rank, (_, grads) in enumerate(flags) if grads]
         terms = ", ".join(f"{k}={v.detach().item():.4g}" for k, v in loss_dict.items())
         bad_grads = [
             name

@@ -134,7 +134,7 @@ class COCOEvaluator:
             self._predictions.append((image_id, results, num_dropped))
 
     def evaluate(self) -> dict:
-        """Gather predictions from all ranks and evaluate them on rank 0.
+        """Gather predictions from all ranks on rank 0 only and evaluate them there.
 
         Returns:
             On rank 0, ``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl", "AP-<class>",
@@ -142,7 +142,7 @@ class COCOEvaluator:
             names, see :func:`_category_keys`); NaN where the ground truth has no object of
             that size or class. ``{}`` on other ranks.
         """
-        gathered = comm.all_gather(self._predictions)
+        gathered = comm.gather(self._predictions)
         if not comm.is_main_process():
             return {}
 

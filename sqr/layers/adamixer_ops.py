@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sqr.layers.constants import constant_tensor
 from sqr.layers.position_encoding import sine_embedding
 
 
@@ -86,7 +87,7 @@ def xyzr_position_embedding(
     Returns:
         Tensor[..., 4 * num_feats], blocks [x, y, z, r], each with sin/cos interleaved.
     """
-    coords = xyzr / xyzr.new_tensor([1000.0, 1000.0, 1.0, 1.0])
+    coords = xyzr / constant_tensor(xyzr, [1000.0, 1000.0, 1.0, 1.0])
     return sine_embedding(coords, num_feats, temperature)
 
 
@@ -101,7 +102,7 @@ def level_weights(z: torch.Tensor, strides: Sequence[int], tau: float = 2.0) -> 
     Returns:
         Tensor[..., L], ``softmax_l(-(z - log2 stride_l)^2 / tau)``.
     """
-    levels = torch.tensor(strides, dtype=z.dtype, device=z.device).log2()
+    levels = constant_tensor(z, strides).log2()
     return torch.softmax(-((z[..., None] - levels) ** 2) / tau, dim=-1)
 
 
@@ -139,7 +140,7 @@ def sampling_3d(
     out = None
     for level, (feature, stride) in enumerate(zip(features, strides, strict=True)):
         height, width = feature.shape[-2:]
-        extent = xy.new_tensor([width * stride, height * stride])
+        extent = constant_tensor(xy, [width * stride, height * stride])
         grid = xy / extent * 2 - 1
         value = feature.reshape(batch * groups, channels // groups, height, width)
         sampled = F.grid_sample(

@@ -12,13 +12,20 @@ import torch
 from torch import Tensor
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision tensors upcast to float32; float32 and float64 unchanged (no copy)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """``logit(x)`` with ``x`` clamped to [0, 1] and ``x``, ``1 - x`` each to at least ``eps``.
 
     The clamp matters numerically: detrex (DAB-DETR) uses ``eps=1e-3``, Deformable-DETR and
-    mmdet ``1e-5``; detectors pass the value of the recipe they reproduce.
+    mmdet ``1e-5``; detectors pass the value of the recipe they reproduce. Computed in at least
+    float32: in bfloat16, ``1 - x`` near a border and the clamp to ``1e-5`` are lost (boxes move
+    by pixels).
     """
-    x = x.clamp(min=0, max=1)
+    x = at_least_float32(x).clamp(min=0, max=1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
@@ -38,12 +45,13 @@ def refine_boxes(delta: torch.Tensor, reference: torch.Tensor, eps: float) -> to
         eps: clamp of the inverse sigmoid.
 
     Returns:
-        Tensor[..., 4] normalised cxcywh boxes.
+        Tensor[..., 4] normalised cxcywh boxes, in at least float32 (under autocast too: the
+        boxes are the references of the next layer and the matching's inputs).
     """
     logit = inverse_sigmoid(reference, eps)
     if reference.shape[-1] == 2:
         logit = torch.nn.functional.pad(logit, (0, 2))
-    return (delta + logit).sigmoid()
+    return (at_least_float32(delta) + logit).sigmoid()
 
 
 def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:

@@ -107,6 +107,7 @@ def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
         amp_dtype=cfg.train.amp.dtype if cfg.train.amp.enabled else None,
         clip_grad_max_norm=clip.params.max_norm if clip.enabled else None,
         clip_grad_norm_type=clip.params.norm_type,
+        log_period=cfg.train.log_period,
     )
     checkpointer = DetectionCheckpointer(
         model,
@@ -116,8 +117,8 @@ def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
         scheduler=scheduler,
         trainer=trainer,
     )
-    resuming = args.resume and checkpointer.has_checkpoint()
     extra = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    resuming = checkpointer.resumed_from is not None
     start_iter = extra.get("iteration", -1) + 1 if resuming else 0
     if resuming:
         rng = extra.get("rng")

@@ -55,6 +55,30 @@ def all_gather(obj: Any) -> list[Any]:
     return gathered
 
 
+def gather(obj: Any, dst: int = 0) -> list[Any]:
+    """Gather a picklable object from every rank on rank ``dst`` only (evaluation results:
+    every rank holding every rank's predictions would multiply their memory by the world size).
+
+    Returns:
+        On ``dst``, one entry per rank in rank order (``[obj]`` for a single process);
+        elsewhere ``[]``.
+    """
+    if get_world_size() == 1:
+        return [obj]
+    gathered: list[Any] | None = [None] * get_world_size() if get_rank() == dst else None
+    dist.gather_object(obj, gathered, dst=dst)
+    return gathered if gathered is not None else []
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` as rank ``src`` has it, on every rank (one decision taken by one rank)."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over ranks (out of place); identity for a single process."""
     if get_world_size() == 1:
@@ -62,16 +86,3 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     tensor = tensor.clone()
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def reduce_dict_mean(values: dict[str, float]) -> dict[str, float]:
-    """Average a dict of Python floats over ranks (for logging only)."""
-    if get_world_size() == 1:
-        return values
-    keys = sorted(values)
-    stacked = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        stacked = stacked.cuda()
-    dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
-    stacked = (stacked / get_world_size()).cpu()
-    return {k: float(v) for k, v in zip(keys, stacked, strict=True)}

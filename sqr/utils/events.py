@@ -35,15 +35,25 @@ def get_event_storage() -> EventStorage:
 
 
 class EventStorage:
-    """Scalars by name, each with its history and the iteration of its latest value.
+    """Scalars by name, each with its recent history and the iteration of its latest value.
+
+    The writers have everything on disk (``metrics.json``, TensorBoard) and read only recent
+    windows (20 values to smooth, 1000 step times for the ETA), so each history keeps the last
+    ``max_history`` values: a 375k-iteration run would otherwise hold every scalar of every
+    iteration (about 1 GB per rank).
 
     Args:
         start_iter: iteration number the storage starts at.
+        max_history: values kept per scalar.
     """
 
-    def __init__(self, start_iter: int = 0) -> None:
+    def __init__(self, start_iter: int = 0, max_history: int = 10000) -> None:
+        if max_history < 1:
+            raise ValueError(f"max_history must be positive, got {max_history}")
         self.iter = start_iter
-        self._history: dict[str, HistoryBuffer] = defaultdict(HistoryBuffer)
+        self._history: dict[str, HistoryBuffer] = defaultdict(
+            lambda: HistoryBuffer(max_length=max_history)
+        )
         self._latest: dict[str, tuple[float, int]] = {}
         self._smoothing_hints: dict[str, bool] = {}
 

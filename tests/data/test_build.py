@@ -125,3 +125,18 @@ def test_empty_record_list_is_an_error():
 
 def test_trivial_batch_collator():
     assert trivial_batch_collator(({"a": 1}, {"b": 2})) == [{"a": 1}, {"b": 2}]
+
+
+def test_serialized_records_round_trip_as_fresh_copies() -> None:
+    from sqr.data.build import SerializedList
+
+    records = [{"file_name": f"{i}.jpg", "annotations": [{"bbox": [i, 0, 1, 1]}]} for i in range(5)]
+    stored = SerializedList(records)
+    assert len(stored) == 5 and [stored[i] for i in range(5)] == records
+    assert stored[-1] == records[-1]
+    first = stored[0]
+    first["annotations"].append("changed")  # a copy: the stored record is untouched
+    assert stored[0] == records[0]
+    with pytest.raises(IndexError, match="record 5 of 5"):
+        stored[5]
+    assert len(SerializedList([])) == 0

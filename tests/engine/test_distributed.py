@@ -104,3 +104,35 @@ def test_non_finite_loss_on_one_rank_stops_every_rank(datasets_dir, tmp_path: Pa
         assert message.startswith(expected), message
     # The state after iteration 1 gave rank 1 its NaN: the last checkpoint is iteration 0's.
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000000.pth"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("readable", [True, False])
+def test_rank_0_decides_the_resume(datasets_dir, tmp_path: Path, readable: bool) -> None:
+    """A rank that cannot see last_checkpoint follows rank 0, or every rank stops with one
+    clear error when it cannot read the file: none silently restarts at iteration 0."""
+    from helpers.faults import resume_where_rank_1_sees_no_checkpoint
+
+    common = [
+        "--config-file",
+        STANDIN_CONFIG,
+        "train.checkpointer.period=1",
+        "train.device=cpu",
+        f"train.output_dir={tmp_path}",
+    ]
+    launch(train_and_dump, 2, args=([*common, "train.max_iter=2"], str(tmp_path)), device="cpu")
+    argv = ["--resume", *common, "train.max_iter=3"]
+    launch(
+        resume_where_rank_1_sees_no_checkpoint,
+        2,
+        args=(argv, str(tmp_path), readable),
+        device="cpu",
+    )
+    messages = [(tmp_path / f"resume_rank{r}.txt").read_text() for r in (0, 1)]
+    if readable:
+        assert messages == ["finished", "finished"]
+        log = (tmp_path / "log.txt").read_text()
+        assert "model_final.pth at iteration 2" in log
+    else:
+        for message in messages:
+            assert "rank 0 resumes from" in message and "rank(s) [1] cannot read" in message

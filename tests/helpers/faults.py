@@ -33,3 +33,27 @@ def train_with_nan_on_rank_1(argv: list[str], out_dir: str) -> None:
     except FloatingPointError as e:
         message = str(e)
     Path(out_dir, f"rank{comm.get_rank()}.txt").write_text(message)
+
+
+def resume_where_rank_1_sees_no_checkpoint(argv: list[str], out_dir: str, readable: bool) -> None:
+    """Resume a run; rank 1 sees no last_checkpoint, and with ``readable=False`` it cannot
+    read the file rank 0 picks either. Write what each rank did."""
+    import os
+
+    from sqr.engine import DetectionCheckpointer
+
+    if comm.get_rank() == 1:
+        DetectionCheckpointer.has_checkpoint = lambda self: False
+        if not readable:
+            isfile = os.path.isfile
+            os.path.isfile = lambda p: False if str(p).endswith(".pth") else isfile(p)
+    train_net = load_train_net()
+    args = parse(*argv)
+    cfg = train_net.setup(args)
+    model = instantiate(cfg.model).to(cfg.train.device)
+    try:
+        train_net.do_train(cfg, args, model)
+        message = "finished"
+    except FileNotFoundError as e:
+        message = str(e)
+    Path(out_dir, f"resume_rank{comm.get_rank()}.txt").write_text(message)

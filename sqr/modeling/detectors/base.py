@@ -15,6 +15,7 @@ from torch import nn
 
 from sqr.data.batching import batch_images
 from sqr.layers.box_ops import box_cxcywh_to_absolute_xyxy, box_xyxy_to_cxcywh
+from sqr.layers.constants import constant_tensor
 from sqr.modeling.criterion import SetCriterion
 from sqr.modeling.sqr import RecollectionSchedule
 
@@ -140,7 +141,9 @@ class QueryDetector(nn.Module):
         """Normalised images padded into one batch: Tensor[B, 3, Hp, Wp] and the padding mask
         Bool[B, Hp, Wp] (True on padding); Hp, Wp are multiples of ``size_divisibility``."""
         images = [
-            (x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std
+            # Pinned batches (the train loader's) copy to the GPU without blocking the host.
+            (x["image"].to(self.device, non_blocking=True).float() - self.pixel_mean)
+            / self.pixel_std
             for x in batched_inputs
         ]
         return batch_images(images, self.size_divisibility)
@@ -149,12 +152,10 @@ class QueryDetector(nn.Module):
         """One input's targets as the criterion takes them: boxes normalised cxcywh in the
         image's own (unpadded) size."""
         height, width = x["image"].shape[-2:]
-        scale = torch.tensor(
-            [width, height, width, height], dtype=torch.float32, device=self.device
-        )
-        boxes = x["targets"]["boxes"].to(self.device).float() / scale
+        scale = constant_tensor(self.pixel_mean, [width, height, width, height])
+        boxes = x["targets"]["boxes"].to(self.device, non_blocking=True).float() / scale
         return {
-            "labels": x["targets"]["labels"].to(self.device),
+            "labels": x["targets"]["labels"].to(self.device, non_blocking=True),
             "boxes": box_xyxy_to_cxcywh(boxes),
         }
 
