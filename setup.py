@@ -29,6 +29,7 @@ TOOLS = {  # command -> module in sqr.tools, one per tools/<module>.py script
     "sqr-plot": "plot_metrics",
     "sqr-demo": "demo",
     "sqr-analyze-model": "analyze_model",
+    "sqr-gpu-check": "gpu_check",
 }
 
 

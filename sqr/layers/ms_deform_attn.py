@@ -20,12 +20,15 @@ The module is split in two for query recollection:
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sqr.layers.constants import constant_tensor
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -53,12 +56,41 @@ def add_to_groups(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return grouped.view(batch, total, channels)
 
 
+@functools.cache
+def _triton_sampler() -> Callable[..., torch.Tensor] | None:
+    """The Triton fast path, or None where triton cannot be imported."""
+    try:
+        from .ms_deform_attn_triton import ms_deform_attn_sample_triton
+    except ImportError:
+        return None
+    return ms_deform_attn_sample_triton
+
+
 def ms_deform_attn_sample(
     value_maps: Sequence[torch.Tensor],
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
     """Weighted sum of bilinear samples of multi-level value maps, in float32.
+
+    On CUDA with triton importable this runs the Triton kernels of
+    :mod:`sqr.layers.ms_deform_attn_triton` (their backward keeps no per-level sample tensors;
+    ``tests/layers/test_ms_deform_attn_triton.py`` proves them equal to the pure path); anywhere
+    else :func:`ms_deform_attn_sample_pytorch`, the reference. Arguments and result are theirs.
+    """
+    fast = _triton_sampler() if sampling_locations.is_cuda else None
+    if fast is not None:
+        return fast(value_maps, sampling_locations, attention_weights)
+    return ms_deform_attn_sample_pytorch(value_maps, sampling_locations, attention_weights)
+
+
+def ms_deform_attn_sample_pytorch(
+    value_maps: Sequence[torch.Tensor],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Weighted sum of bilinear samples of multi-level value maps, in float32, with
+    ``F.grid_sample``: the reference path, on any device.
 
     Args:
         value_maps: per level Tensor[B*M, D, H_l, W_l] (M heads of D channels; batch-major).
@@ -226,7 +258,7 @@ class MultiScaleDeformableAttention(nn.Module):
         if reference.shape[-1] == 2:
             # Offsets are in pixels of each level.
             size = [(m.shape[-1], m.shape[-2]) for m in value_maps]  # (W_l, H_l)
-            normalizer = torch.tensor(size, dtype=offsets.dtype, device=offsets.device)
+            normalizer = constant_tensor(offsets, size)
             locations = reference + offsets / normalizer[:, None, :]
         elif reference.shape[-1] == 4:
             # Offsets are relative to the box: P steps reach half its width and height.

@@ -11,6 +11,8 @@ wrapper in a checkout (``sqr-train`` is ``python tools/train_net.py``):
 * ``sqr-plot`` (:mod:`~sqr.tools.plot_metrics`): training curves from ``metrics.json``;
 * ``sqr-demo`` (:mod:`~sqr.tools.demo`): run a trained model on images;
 * ``sqr-analyze-model`` (:mod:`~sqr.tools.analyze_model`): parameters and FLOPs per module.
+* ``sqr-gpu-check`` (:mod:`~sqr.tools.gpu_check`): equivalence, precision, sync and speed checks
+  on a GPU, as a markdown report.
 
 Separate commands rather than one ``sqr`` command with subcommands: each keeps its own parser,
 so ``--help``, detectron2's flags (``--config-file``, ``--num-gpus``, ``--eval-only``, ...) and

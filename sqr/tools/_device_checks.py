@@ -1,0 +1,364 @@
+"""The measurements and checks that ``sqr-gpu-check`` (:mod:`sqr.tools.gpu_check`) runs.
+
+Each function returns numbers; the command sets the tolerances, the time limits and the report.
+Everything runs on CPU too (the command's dry run), and nothing here requires a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sqr.config import LazyConfig, instantiate
+from sqr.tools.benchmark import synthetic_batch
+
+MB = 1024.0**2
+SYNC_WARNING = "synchronizing CUDA operation"  # what set_sync_debug_mode("warn") warns with
+BASELINE = "model.recollection.mode=none"
+
+_BACKBONE18 = ["model.backbone.depth=18", "model.backbone.norm=BN", "model.backbone.freeze_at=0"]
+_HEADS = ["model.num_queries=10", "model.select_box_nums_for_evaluation=10", "model.num_classes=5"]
+_DEFORMABLE = [
+    *_BACKBONE18,
+    "model.neck.in_channels=[128, 256, 512]",
+    "model.neck.num_groups=8",
+    "model.embed_dim=32",
+    "model.position_embedding.num_feats=16",
+    "model.encoder.num_layers=2",
+    "model.encoder.num_heads=4",
+    "model.encoder.num_points=2",
+    "model.encoder.feedforward_dim=64",
+    "model.decoder.num_heads=4",
+    "model.decoder.num_points=2",
+    "model.decoder.feedforward_dim=64",
+]
+#: --tiny overrides per config family, those of tests/helpers/tiny.py (a test keeps them equal):
+#: ResNet-18, 32 channels, small FFNs and 10 queries; the decoder depth stays the recipe's.
+TINY = {
+    "dab_detr": [
+        *_BACKBONE18,
+        "model.in_channels=512",
+        "model.embed_dim=32",
+        "model.position_embedding.num_feats=16",
+        "model.encoder.num_layers=2",
+        "model.encoder.num_heads=4",
+        "model.encoder.feedforward_dim=64",
+        "model.decoder.num_heads=4",
+        "model.decoder.feedforward_dim=64",
+        *_HEADS,
+    ],
+    "deformable_detr": [*_DEFORMABLE, *_HEADS],
+    "adamixer": [
+        *_BACKBONE18,
+        "model.neck.in_channels=[64, 128, 256, 512]",
+        "model.neck.num_groups=8",
+        "model.embed_dim=32",
+        "model.decoder.feat_channels=32",
+        "model.decoder.num_heads=4",
+        "model.decoder.feedforward_dim=64",
+        "model.decoder.num_sampling_groups=2",
+        "model.decoder.in_points=4",
+        "model.decoder.out_points=8",
+        "model.num_queries=10",
+        "model.num_classes=5",
+    ],
+    "dino": [*_DEFORMABLE, "model.denoising.num_denoising=4", *_HEADS],
+}
+
+
+@dataclass(frozen=True)
+class Detector:
+    """A detector to check: its SQR config (a name under projects/sqr/configs; the baseline is it
+    with :data:`BASELINE`), its :data:`TINY` family, and the overrides that turn its dropout off
+    (the recipes without them have none)."""
+
+    name: str
+    config: str
+    family: str
+    no_dropout: tuple[str, ...] = ()
+    optional: bool = False  # skipped, not failed, where the config does not exist
+
+
+_NO_DROPOUT = ("model.encoder.dropout=0.0", "model.decoder.dropout=0.0")
+DETECTORS = (
+    Detector("DAB-DETR", "sqr_dab_detr_r50_50ep.py", "dab_detr"),
+    Detector("Deformable-DETR", "sqr_deformable_detr_r50_50ep.py", "deformable_detr", _NO_DROPOUT),
+    Detector(
+        "Deformable-DETR two-stage",
+        "sqr_deformable_detr_two_stage_r50_50ep.py",
+        "deformable_detr",
+        _NO_DROPOUT,
+    ),
+    Detector("AdaMixer", "sqr_adamixer_r50_1x.py", "adamixer"),
+    Detector("DINO", "sqr_dino_r50_4scale_12ep.py", "dino", optional=True),
+)
+
+
+def build_model(path: str, overrides: Sequence[str], device: str) -> nn.Module:
+    """The config's model with ``overrides``, initialised from seed 0, on ``device``."""
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(path), list(overrides))
+    torch.manual_seed(0)
+    return instantiate(cfg.model).to(device)
+
+
+def make_batch(size: tuple[int, int, int], num_classes: int, device: str) -> list[dict]:
+    """tools/benchmark.py's seeded synthetic batch of (images, height, width), on ``device``."""
+    batch = synthetic_batch(*size, num_classes, seed=0)
+    for x in batch:
+        x["image"] = x["image"].to(device)
+        x["targets"] = {k: v.to(device) for k, v in x["targets"].items()}
+    return batch
+
+
+def synchronize(device: str) -> None:
+    """Wait for the device's queued kernels (CUDA runs them asynchronously)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool) -> Iterator[None]:
+    """TF32 matmuls and convolutions on or off inside the block (restored after)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@contextlib.contextmanager
+def counting_syncs(enabled: bool) -> Iterator[list[warnings.WarningMessage]]:
+    """The warnings of ``torch.cuda.set_sync_debug_mode("warn")`` inside the block, as a list
+    filled when the block ends (empty when not enabled: off CUDA)."""
+    if not enabled:
+        yield []
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # every synchronisation, not the first per call site
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield caught
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+
+
+def sync_sites(caught: Sequence[warnings.WarningMessage]) -> Counter:
+    """How many synchronisations each Python line (file:line) among ``caught`` ran."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return Counter(
+        f"{os.path.relpath(w.filename, root)}:{w.lineno}"
+        for w in caught
+        if SYNC_WARNING in str(w.message)
+    )
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| over max(1, max |b|): differences at the scale of the reference ``b``."""
+    if a.shape != b.shape:
+        return math.inf
+    if not a.numel():
+        return 0.0
+    return (a.double() - b.double()).abs().max().item() / max(1.0, b.abs().max().item())
+
+
+# ---------------------------------------------------------------------------- deformable attention
+
+
+def level_shapes(height: int, width: int) -> list[tuple[int, int]]:
+    """Feature sizes at strides 8, 16, 32, 64; each stride-2 stage rounds up, as ResNet's and
+    the extra level's convolutions do (800x1216: 100x152, 50x76, 25x38, 13x19)."""
+    shapes = [(math.ceil(height / 8), math.ceil(width / 8))]
+    while len(shapes) < 4:
+        h, w = shapes[-1]
+        shapes.append(((h + 1) // 2, (w + 1) // 2))
+    return shapes
+
+
+def msda_inputs(
+    batch: int,
+    heads: int,
+    dim: int,
+    queries: int,
+    points: int,
+    shapes: Sequence[tuple[int, int]],
+    device: str,
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded value maps [B*M, D, H_l, W_l], locations [B, N, M, L, P, 2] (10% beyond each
+    border, so some samples read the zero padding), softmax weights [B, N, M, L, P] and an output
+    gradient [B, N, M*D]."""
+    gen = torch.Generator().manual_seed(0)
+    levels = len(shapes)
+    maps = [torch.randn(batch * heads, dim, h, w, generator=gen) for h, w in shapes]
+    locations = torch.rand(batch, queries, heads, levels, points, 2, generator=gen) * 1.2 - 0.1
+    logits = torch.randn(batch, queries, heads, levels * points, generator=gen)
+    weights = logits.softmax(-1).view(batch, queries, heads, levels, points)
+    grad_out = torch.randn(batch, queries, heads * dim, generator=gen)
+    tensors = (locations, weights, grad_out)
+    return [m.to(device) for m in maps], *(t.to(device) for t in tensors)
+
+
+def msda_forward_backward(
+    sample: Callable[..., torch.Tensor], inputs: tuple, device: str, iters: int
+) -> tuple[list[float], float | None, tuple[torch.Tensor, ...]]:
+    """``iters`` timed forward + backward passes of ``sample`` after an untimed one (where Triton
+    compiles).
+
+    Returns:
+        The seconds of each timed pass; the peak memory above what was held before a pass (MB,
+        CUDA only); the last pass's output and the gradients of the value maps (flattened
+        together), the locations and the weights.
+    """
+    maps, locations, weights, grad_out = inputs
+    leaves = [t.detach().requires_grad_() for t in (*maps, locations, weights)]
+    times, peak = [], None
+    for i in range(iters + 1):
+        for leaf in leaves:
+            leaf.grad = None
+        synchronize(device)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            held = torch.cuda.memory_allocated()
+        start = time.perf_counter()
+        out = sample(leaves[:-2], *leaves[-2:])
+        out.backward(grad_out)
+        synchronize(device)
+        if i:
+            times.append(time.perf_counter() - start)
+        if device == "cuda":
+            peak = (torch.cuda.max_memory_allocated() - held) / MB
+    grads = [leaf.grad for leaf in leaves]
+    return times, peak, (out.detach(), torch.cat([g.flatten() for g in grads[:-2]]), *grads[-2:])
+
+
+# ---------------------------------------------------------------------------- equivalence
+
+
+def _output_difference(a: dict, b: dict) -> float:
+    """Largest difference between two eval outputs of one image (inf when shapes differ)."""
+    diffs = [0.0]
+    for key in ("boxes", "scores", "labels"):
+        if a[key].shape != b[key].shape:
+            return math.inf
+        if a[key].numel():
+            diffs.append((a[key].double() - b[key].double()).abs().max().item())
+    return max(diffs)
+
+
+def _losses_and_grads(model: nn.Module, batch: list[dict]) -> tuple[dict, dict]:
+    torch.manual_seed(0)  # the same denoising queries (DINO) in every run
+    losses = model.train()(batch)
+    sum(losses.values()).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return {k: v.detach() for k, v in losses.items()}, grads
+
+
+def sqr_equivalence(sqr: nn.Module, plain: nn.Module, batch: list[dict]) -> dict[str, float]:
+    """How far SQR is from what it must equal, for one detector without dropout.
+
+    Args:
+        sqr: the SQR detector; its decoder's ``checkpoint_recollected`` is switched on and back.
+        plain: the same detector with the plain schedule; it gets ``sqr``'s weights.
+        batch: training inputs (images with targets).
+
+    Returns:
+        ``eval``: largest difference of the eval outputs (SQR evaluates the plain decoder);
+        ``chain``: of the training predictions of the last group of every SQR stage (the baseline
+        chain) and the plain decoder's stages, relative (:func:`relative_difference`);
+        ``losses``, ``grads``: of the losses and gradients with and without checkpointing the
+        recollected groups, relative (inf where a loss or gradient appears or vanishes).
+    """
+    plain.load_state_dict(sqr.state_dict())
+    with torch.no_grad():
+        out_sqr, out_plain = sqr.eval()(batch), plain.eval()(batch)
+        logits, boxes, schedule = sqr.train().predict(batch)
+        plain_logits, plain_boxes, _ = plain.train().predict(batch)
+    chain = [schedule.output_slice(s).stop - 1 for s in range(schedule.num_stages)]
+    result = {
+        "eval": max(_output_difference(a, b) for a, b in zip(out_sqr, out_plain, strict=True)),
+        "chain": max(
+            relative_difference(logits[chain], plain_logits),
+            relative_difference(boxes[chain], plain_boxes),
+        ),
+    }
+    losses, grads = _losses_and_grads(sqr, batch)
+    sqr.decoder.checkpoint_recollected = True
+    try:
+        losses_ckpt, grads_ckpt = _losses_and_grads(sqr, batch)
+    finally:
+        sqr.decoder.checkpoint_recollected = False
+    if losses.keys() != losses_ckpt.keys() or grads.keys() != grads_ckpt.keys():
+        result["losses"] = result["grads"] = math.inf
+    else:
+        result["losses"] = max(relative_difference(losses_ckpt[k], losses[k]) for k in losses)
+        result["grads"] = max(relative_difference(grads_ckpt[k], grads[k]) for k in grads)
+    return result
+
+
+# ---------------------------------------------------------------------------- training step
+
+
+def training_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: list[dict],
+    precision: str,
+    device: str,
+) -> tuple[float, float | None, float, Counter]:
+    """One step (forward, backward, optimizer step) in ``precision``: "fp32" (TF32 off), "tf32"
+    (TF32 matmuls and convolutions) or "bf16" (autocast over the forward, TF32 off).
+
+    Returns:
+        Seconds; peak memory (MB, CUDA only); the summed loss; the synchronisations per call site
+        (counted on CUDA only).
+    """
+    cuda = device == "cuda"
+    synchronize(device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    with tf32(precision == "tf32"), counting_syncs(cuda) as caught:
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            total = sum(model(batch).values())
+        total.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / MB if cuda else None
+    return seconds, peak, total.item(), sync_sites(caught)
+
+
+# ---------------------------------------------------------------------------- child processes
+
+
+def run_killable(argv: Sequence[str], timeout: float) -> tuple[int | None, str]:
+    """Run ``argv`` in a process group of its own, and kill the group (the child and any process
+    it started) at ``timeout`` seconds.
+
+    Returns:
+        The exit status (None when killed) and the last 15 lines of its output.
+    """
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = proc.wait(timeout=max(timeout, 1.0))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            code = None
+        log.seek(0)
+        return code, "\n".join(log.read().strip().splitlines()[-15:])

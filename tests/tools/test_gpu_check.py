@@ -1,0 +1,133 @@
+"""sqr.tools.gpu_check: the CPU dry run end to end (so the GPU command cannot rot unseen), its
+failure reporting, time limits and input errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import tiny
+
+from sqr.tools import _device_checks as checks
+from sqr.tools import gpu_check
+
+DRY_RUN = ["--device", "cpu", "--tiny"]
+
+
+def test_help_describes_the_sections(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for text in ("--tiny", "--output", "--budget-s", *gpu_check.SECTIONS):
+        assert text in out
+
+
+@pytest.mark.slow
+def test_dry_run_writes_a_passing_report(tmp_path: Path) -> None:
+    out = tmp_path / "nested" / "report.md"
+    assert gpu_check.main([*DRY_RUN, "--output", str(out)]) == 0
+    report = out.read_text()
+    summary = report.split("## Summary")[1].split("## 1.")[0]
+    for section in gpu_check.SECTIONS:
+        assert f"| {section} | PASS |" in summary, section
+    names = [d.name for d in checks.DETECTORS]
+    equivalence = report.split("## 2.")[1].split("## 3.")[0]
+    steps = report.split("## 3.")[1].split("## 4.")[0]
+    for name in names:
+        # Four checks per detector: eval, chain, checkpointed losses and gradients.
+        assert f"| {name} | " in equivalence and equivalence.count(f"| {name} |") == 1
+        assert equivalence.split(f"| {name} |")[1].split("\n")[0].count("PASS") == 4, name
+        assert f"| {name} | baseline | 6 | fp32 |" in steps, name
+        assert f"| {name} | sqr | 32 | fp32 |" in steps, name
+    # Off CUDA: the pure path alone, fp32 alone, no sync counts; all said in the report.
+    assert "runs the **pure** path" in report
+    assert "| 10 | pure |" in report and "(encoder) | pure |" in report
+    assert "| tf32 |" not in report and "| bf16 |" not in report
+    skipped = report.split("## Skipped")[1].split("## Failures")[0]
+    assert "Triton fast path (not on CUDA)" in skipped
+    assert "TF32, bf16 and sync counting (not on CUDA)" in skipped
+    assert f"benchmark: {names[-1]} (dry run" in skipped
+    benchmark = report.split("## 4.")[1].split("## Skipped")[0]
+    assert "--compare-sqr --device cpu" in benchmark
+    for variant in ("| baseline | 6 |", "| sqr | 32 |", "| sqr+ckpt | 32 |"):
+        assert variant in benchmark
+    assert report.split("## Failures")[1].strip() == "- none"
+
+
+def test_a_failed_check_fails_the_run_and_is_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQR's chain drifting from the plain decoder by 1% must not pass.
+    diffs = {"eval": 0.0, "chain": 1e-2, "losses": 0.0, "grads": 0.0}
+    monkeypatch.setattr(checks, "sqr_equivalence", lambda sqr, plain, batch: diffs)
+    monkeypatch.setattr(checks, "DETECTORS", checks.DETECTORS[:1])
+    out = tmp_path / "report.md"
+    assert gpu_check.main([*DRY_RUN, "--sections", "equivalence", "--output", str(out)]) == 1
+    report = out.read_text()
+    assert "| equivalence | **FAIL** |" in report
+    assert "| DAB-DETR | 0.0e+00 PASS | 1.0e-02 **FAIL** |" in report
+    assert "- DAB-DETR: SQR chain == plain: 1.0e-02 > 1e-04" in report
+
+
+def test_an_item_that_raises_is_reported_and_the_rest_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError("out of luck")
+
+    monkeypatch.setattr(checks, "msda_forward_backward", broken)
+    out = tmp_path / "report.md"
+    assert gpu_check.main([*DRY_RUN, "--sections", "msda", "--output", str(out)]) == 1
+    report = out.read_text()
+    assert len(calls) == 2  # both sizes tried: 10 queries and the encoder's
+    assert report.count("**error** RuntimeError: out of luck") == 2
+    assert "- msda, 10 queries: RuntimeError: out of luck" in report
+
+
+def test_items_past_the_time_limit_are_skipped_and_listed(tmp_path: Path) -> None:
+    out = tmp_path / "report.md"
+    argv = [*DRY_RUN, "--sections", "train_step", "--budget-s", "1e-9", "--output", str(out)]
+    assert gpu_check.main(argv) == 0
+    skipped = out.read_text().split("## Skipped")[1]
+    for detector in checks.DETECTORS[:-1]:  # DINO's config may be missing
+        for variant in ("baseline", "sqr"):
+            assert f"train_step: {detector.name} {variant} (section time limit)" in skipped
+
+
+def test_tiny_overrides_are_the_tests_ones() -> None:
+    assert checks.TINY == {
+        "dab_detr": tiny.TINY_DAB_DETR,
+        "deformable_detr": tiny.TINY_DEFORMABLE_DETR,
+        "adamixer": tiny.TINY_ADAMIXER,
+        "dino": tiny.TINY_DINO,
+    }
+
+
+def test_level_shapes_at_coco_size() -> None:
+    # 800x1216 at strides 8, 16, 32 (ResNet C3-C5) and 64 (a stride-2 conv on C5, rounding up).
+    assert checks.level_shapes(800, 1216) == [(100, 152), (50, 76), (25, 38), (13, 19)]
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--sections", "msda,nope"], "nope"),
+        (["--height", "32"], "--height"),
+        (["--threads", "0"], "--threads"),
+        (["--budget-s", "0"], "--budget-s"),
+    ],
+)
+def test_bad_input_fails_naming_it(capsys, argv: list[str], named: str) -> None:
+    assert gpu_check.main([*DRY_RUN, *argv]) == 2
+    assert named in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_a_gpu_fails_naming_the_dry_run(capsys) -> None:
+    assert gpu_check.main(["--device", "cuda"]) == 2
+    assert "--device cpu" in capsys.readouterr().err
