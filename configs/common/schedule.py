@@ -21,6 +21,8 @@ def multistep_schedule(
 
 # DETR-family recipes: 50 epochs, lr x0.1 at epoch 40, no warmup (detrex coco_schedule.py).
 lr_multiplier_50ep = multistep_schedule(50, [40])
+# DINO's 12 epochs: lr x0.1 at epoch 11, no warmup (detrex lr_multiplier_12ep).
+lr_multiplier_12ep = multistep_schedule(12, [11])
 # AdaMixer 1x: 12 epochs, drops at 8 and 11, 500 warmup iterations.
 lr_multiplier_12ep_warmup = multistep_schedule(12, [8, 11], warmup_iters=500)
 # AdaMixer 3x: 36 epochs, drops at 27 and 33, 500 warmup iterations.

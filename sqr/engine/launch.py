@@ -245,5 +245,11 @@ def _init_and_run(
     try:
         dist.barrier()
         main_func(*args)
+        # Leave together: a rank tearing gloo down while another still works can abort (seen
+        # as SIGABRT, "terminate called without an active exception", in a rank that finished
+        # early because only rank 0 evaluates). Not after an exception: the others may be gone.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+        # Close the launcher's store client now, not during interpreter shutdown.
+        rendezvous.clear()

@@ -164,6 +164,11 @@ def _build_table() -> dict[str, ZooEntry]:
     }
     for name, fname in detrex.items():
         table[name] = ZooEntry(url=_DETREX_RELEASE + fname, sha256=None, filename=fname)
+    # detrex DINO R50 4-scale, 12 epochs, 49.2 AP (release v0.2.0); converter "detrex_dino".
+    dino = "dino_r50_4scale_12ep_49_2AP.pth"
+    table["dino_r50_4scale_12ep"] = ZooEntry(
+        url=_DETREX_RELEASE.replace("v0.1.0", "v0.2.0") + dino, sha256=None, filename=dino
+    )
     drive = {
         "sqr_dab_detr_r50_50ep": ("1Zz298GPYvDfF1RjSTk1e_ZoBy3NtXxWd", ""),
         "sqr_deformable_detr_r50_50ep": ("1JTWmHXPngUJY7EaYMneVHYYlvK_5GDfV", "mmdet"),

@@ -103,26 +103,36 @@ class SetCriterion(nn.Module):
             that appears in ``group_stage``; each value is the weighted loss summed over the
             groups of that stage.
         """
-        check_predictions(pred_logits, pred_boxes, targets)
-        num_groups = pred_logits.shape[0]
-        stages = [int(s) for s in group_stage]
-        if len(stages) != num_groups:
-            raise ValueError(
-                f"group_stage has {len(stages)} entries but the predictions have "
-                f"{num_groups} query groups"
-            )
-        if any(s < 0 for s in stages):
-            raise ValueError(f"group_stage entries must be non-negative, got {stages}")
-        if pred_logits.shape[-1] != self.num_classes:
-            raise ValueError(
-                f"pred_logits has {pred_logits.shape[-1]} classes, expected num_classes="
-                f"{self.num_classes}"
-            )
-
-        device = pred_logits.device
+        self._check(pred_logits, pred_boxes, targets, group_stage)
         indices = self.matcher(pred_logits, pred_boxes, targets)
+        return self.matched_losses(pred_logits, pred_boxes, targets, group_stage, indices)
+
+    def matched_losses(
+        self,
+        pred_logits: Tensor,
+        pred_boxes: Tensor,
+        targets: list[dict[str, Tensor]],
+        group_stage: Sequence[int],
+        indices: list[list[tuple[Tensor, Tensor]]],
+        num_boxes_factor: float = 1.0,
+    ) -> dict[str, Tensor]:
+        """:meth:`forward` with the assignment given instead of matched: for queries whose
+        targets are fixed by construction (DINO's denoising queries).
+
+        Args:
+            pred_logits, pred_boxes, targets, group_stage: as in :meth:`forward`.
+            indices: ``indices[g][b] = (query_idx, target_idx)``, int64 tensors of equal length.
+            num_boxes_factor: the losses are divided by ``num_boxes * num_boxes_factor`` (the
+                clamped average target count times it), for supervision that repeats each
+                target that many times.
+
+        Returns:
+            As :meth:`forward`.
+        """
+        stages = self._check(pred_logits, pred_boxes, targets, group_stage)
+        device = pred_logits.device
         labels, boxes, _, counts = pad_targets(targets, device)
-        num_boxes = self._num_boxes(sum(counts), device)
+        num_boxes = self._num_boxes(sum(counts), device) * num_boxes_factor
         g_idx, b_idx, q_idx, t_idx = self._flatten_indices(indices, device)
 
         # Loss math in at least float32: half-precision sums over G * B * Q * K terms lose too
@@ -155,6 +165,31 @@ class SetCriterion(nn.Module):
             for i, stage in enumerate(present)
             for j, name in enumerate(LOSS_NAMES)
         }
+
+    def _check(
+        self,
+        pred_logits: Tensor,
+        pred_boxes: Tensor,
+        targets: list[dict[str, Tensor]],
+        group_stage: Sequence[int],
+    ) -> list[int]:
+        """Raise ValueError on inconsistent inputs; the stages of the groups as ints."""
+        check_predictions(pred_logits, pred_boxes, targets)
+        num_groups = pred_logits.shape[0]
+        stages = [int(s) for s in group_stage]
+        if len(stages) != num_groups:
+            raise ValueError(
+                f"group_stage has {len(stages)} entries but the predictions have "
+                f"{num_groups} query groups"
+            )
+        if any(s < 0 for s in stages):
+            raise ValueError(f"group_stage entries must be non-negative, got {stages}")
+        if pred_logits.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"pred_logits has {pred_logits.shape[-1]} classes, expected num_classes="
+                f"{self.num_classes}"
+            )
+        return stages
 
     @staticmethod
     def _num_boxes(local_count: int, device: torch.device) -> Tensor:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.tiny import TINY_ADAMIXER, TINY_DAB_DETR, TINY_DEFORMABLE_DETR
+from helpers.tiny import TINY_ADAMIXER, TINY_DAB_DETR, TINY_DEFORMABLE_DETR, TINY_DINO
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sqr.config import LazyConfig, instantiate, locate
@@ -36,6 +36,9 @@ TINY_OVERRIDES: dict[str, list[str]] = {
         )
         for variant in ("", "box_refine_", "two_stage_")
     },
+    "projects/sqr/configs/models/dino_r50.py": TINY_DINO,
+    "projects/sqr/configs/dino_r50_4scale_12ep.py": TINY_DINO,
+    "projects/sqr/configs/sqr_dino_r50_4scale_12ep.py": TINY_DINO,
     "projects/sqr/configs/models/adamixer_r50.py": TINY_ADAMIXER,
     **{
         f"projects/sqr/configs/{prefix}adamixer_{recipe}.py": TINY_ADAMIXER

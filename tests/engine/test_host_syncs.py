@@ -17,6 +17,7 @@ import pytest
 import torch
 from helpers.detectors import build_detector
 from helpers.recollection_reference import CASES, CONFIGS, _batch
+from helpers.tiny import TINY_DINO
 
 import sqr
 from sqr.engine import Trainer
@@ -47,12 +48,20 @@ def host_reads(monkeypatch) -> collections.Counter:
     return counts
 
 
+_CASES = {**CASES, "sqr_dino": ("sqr_dino_r50_4scale_12ep.py", TINY_DINO, [])}
+
+
 @pytest.mark.parametrize(
     "case, matchings",
-    [("sqr_dab_detr", 1), ("sqr_deformable_detr_two_stage", 2), ("sqr_adamixer", 1)],
+    [
+        ("sqr_dab_detr", 1),
+        ("sqr_deformable_detr_two_stage", 2),
+        ("sqr_adamixer", 1),
+        ("sqr_dino", 2),  # decoder groups and encoder proposals; denoising is pre-assigned
+    ],
 )
 def test_a_step_reads_the_matcher_costs_and_one_flag(host_reads, case, matchings) -> None:
-    config, tiny, extra = CASES[case]
+    config, tiny, extra = _CASES[case]
     model = build_detector(CONFIGS / config, [*tiny, *extra])
     trainer = Trainer(model, [_batch()] * 4, torch.optim.AdamW(model.parameters()), log_period=3)
     trainer.max_iter = 3

@@ -57,3 +57,26 @@ TINY_ADAMIXER = [
     "model.num_queries=10",
     "model.num_classes=5",
 ]
+
+# DINO: the Deformable-DETR sizes (ResNet-18 C3-C5, 32 channels, 2 encoder layers, 6 decoder
+# layers), 10 queries, and 4 denoising queries per copy kind (2 groups with two targets).
+TINY_DINO = [
+    "model.backbone.depth=18",
+    "model.backbone.norm=BN",
+    "model.backbone.freeze_at=0",
+    "model.neck.in_channels=[128, 256, 512]",
+    "model.neck.num_groups=8",
+    "model.embed_dim=32",
+    "model.position_embedding.num_feats=16",
+    "model.encoder.num_layers=2",
+    "model.encoder.num_heads=4",
+    "model.encoder.num_points=2",
+    "model.encoder.feedforward_dim=64",
+    "model.decoder.num_heads=4",
+    "model.decoder.num_points=2",
+    "model.decoder.feedforward_dim=64",
+    "model.denoising.num_denoising=4",
+    "model.num_queries=10",
+    "model.select_box_nums_for_evaluation=10",
+    "model.num_classes=5",
+]

@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers.detectors import build_detector
 from helpers.recollection_reference import CASES, CONFIGS, _batch
+from helpers.tiny import TINY_DINO
 
 from sqr.layers.box_ops import refine_boxes
 
@@ -20,9 +21,14 @@ def test_refinement_is_float32_under_autocast() -> None:
     assert torch.equal(boxes, refine_boxes(delta.float(), reference, 1e-5))
 
 
-@pytest.mark.parametrize("case", ["sqr_dab_detr", "sqr_deformable_detr_two_stage", "sqr_adamixer"])
+_CASES = {**CASES, "sqr_dino": ("sqr_dino_r50_4scale_12ep.py", TINY_DINO, [])}
+
+
+@pytest.mark.parametrize(
+    "case", ["sqr_dab_detr", "sqr_deformable_detr_two_stage", "sqr_adamixer", "sqr_dino"]
+)
 def test_bfloat16_step_matches_float32(case: str) -> None:
-    config, tiny, extra = CASES[case]
+    config, tiny, extra = _CASES[case]
     model = build_detector(CONFIGS / config, [*tiny, *extra]).train()
     torch.manual_seed(0)
     fp32 = model(_batch())

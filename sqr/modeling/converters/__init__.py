@@ -17,6 +17,7 @@ from .detrex_deformable import (
     detrex_deformable_format,
     is_detrex_deformable,
 )
+from .detrex_dino import convert_detrex_dino, is_detrex_dino
 from .mmdet_adamixer import convert_mmdet_adamixer
 from .mmdet_deformable import (
     convert_mmdet_deformable_detr,
@@ -36,6 +37,7 @@ __all__ = [
     "convert_detrex_dab_detr",
     "convert_detrex_deformable_detr",
     "convert_detrex_deformable_detr_refine",
+    "convert_detrex_dino",
     "convert_mmdet_adamixer",
     "convert_mmdet_deformable_detr",
     "convert_mmdet_deformable_detr_refine",
@@ -48,6 +50,7 @@ CONVERTERS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "detrex_dab_detr": convert_detrex_dab_detr,
     "detrex_deformable_detr": convert_detrex_deformable_detr,
     "detrex_deformable_detr_refine": convert_detrex_deformable_detr_refine,
+    "detrex_dino": convert_detrex_dino,
     "mmdet_adamixer": convert_mmdet_adamixer,
     "mmdet_deformable_detr": convert_mmdet_deformable_detr,
     "mmdet_deformable_detr_refine": convert_mmdet_deformable_detr_refine,
@@ -63,6 +66,7 @@ NATIVE_MODULES = frozenset(
         "bbox_embed",
         "class_embed",
         "decoder",
+        "denoising",
         "encoder",
         "input_proj",
         "level_embeds",
@@ -70,6 +74,7 @@ NATIVE_MODULES = frozenset(
         "proposals",
         "query_embedding",
         "query_generator",
+        "query_selection",
         "reference_points",
     }
 )
@@ -112,7 +117,9 @@ def detect_format(state: Mapping[str, Any]) -> str | None:
     Returns:
         ``"detrex_dab_detr"`` when keys start with ``transformer.``, or
         ``"detrex_deformable_detr"`` / ``"detrex_deformable_detr_refine"`` when they also include
-        ``transformer.level_embeds`` (see :func:`detrex_deformable_format`);
+        ``transformer.level_embeds`` (see :func:`detrex_deformable_format`), or
+        ``"detrex_dino"`` when they include DINO's ``label_enc.weight`` or
+        ``transformer.tgt_embed.weight``;
         ``"detectron2_resnet"`` when they start with ``stem.``/``res2.`` (optionally under
         ``backbone.``);
         ``"mmdet_deformable_detr"`` / ``"mmdet_deformable_detr_refine"`` for keys under
@@ -126,8 +133,11 @@ def detect_format(state: Mapping[str, Any]) -> str | None:
     """
     found = []
     if any(key.startswith("transformer.") for key in state):
-        # Both detrex detectors nest the transformer; only the multi-scale one has level_embeds.
-        if is_detrex_deformable(state):
+        # detrex nests the transformer; DINO has denoising label embeddings, and only the
+        # multi-scale detectors have level_embeds.
+        if is_detrex_dino(state):
+            found.append("detrex_dino")
+        elif is_detrex_deformable(state):
             found.append(detrex_deformable_format(state))
         else:
             found.append("detrex_dab_detr")

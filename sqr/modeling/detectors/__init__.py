@@ -8,6 +8,8 @@ from .dab_transformer import DabDetrDecoder, DabDetrEncoder
 from .deformable_detr import DeformableDETR
 from .deformable_encoder import DeformableDetrEncoder
 from .deformable_transformer import DeformableDetrDecoder
+from .dino import DINO
+from .dino_transformer import DinoDecoder, MixedQuerySelection
 
 __all__ = [
     "AdaMixer",
@@ -19,6 +21,9 @@ __all__ = [
     "DeformableDETR",
     "DeformableDetrDecoder",
     "DeformableDetrEncoder",
+    "DINO",
+    "DinoDecoder",
     "InitialQueryGenerator",
+    "MixedQuerySelection",
     "QueryDetector",
 ]

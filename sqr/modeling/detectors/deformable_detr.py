@@ -25,7 +25,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sqr.layers.box_ops import refine_boxes
@@ -36,7 +35,7 @@ from sqr.modeling.neck import ChannelMapper
 from sqr.modeling.sqr import RecollectionSchedule
 
 from .base import QueryDetector, check_positive
-from .deformable_encoder import DeformableDetrEncoder, TwoStageProposals, valid_ratios
+from .deformable_encoder import DeformableDetrEncoder, TwoStageProposals, flatten_levels
 from .deformable_transformer import DeformableDetrDecoder
 
 
@@ -194,18 +193,9 @@ class DeformableDETR(QueryDetector):
             padding = torch.zeros_like(padding)  # detrex evaluates without a padding mask
         features = self.backbone(tensor)
         levels = self.neck([features[name] for name in self.in_features])
-        masks = [F.interpolate(padding[None].float(), size=x.shape[-2:])[0].bool() for x in levels]
-        spatial_shapes = [(x.shape[-2], x.shape[-1]) for x in levels]
-        memory = torch.cat([x.flatten(2).transpose(1, 2) for x in levels], 1)
-        pos = torch.cat(
-            [
-                self.position_embedding(mask).flatten(2).transpose(1, 2) + self.level_embeds[i]
-                for i, mask in enumerate(masks)
-            ],
-            1,
+        memory, pos, padding_mask, spatial_shapes, ratios = flatten_levels(
+            levels, padding, self.position_embedding, self.level_embeds
         )
-        padding_mask = torch.cat([mask.flatten(1) for mask in masks], 1)
-        ratios = torch.stack([valid_ratios(mask) for mask in masks], 1)
         memory = self.encoder(memory, pos, padding_mask, spatial_shapes, ratios)
 
         enc_outputs = None

@@ -3,15 +3,17 @@
 Numerics follow the SQR recipe's mmdet 2.12 / mmcv 1.3 Deformable-DETR
 (``mmdet/models/utils/transformer.py`` of Fangyi-Chen/SQR at b576a6e), rewritten batch-first:
 post-norm MSDA layers whose reference points are the token centres, normalised by each level's
-valid (unpadded) region.
+valid (unpadded) region. DINO uses the same encoder, level flattening and token proposals.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sqr.layers.mlp import FFN
@@ -31,6 +33,52 @@ def valid_ratios(mask: torch.Tensor) -> torch.Tensor:
     valid_h = (~mask[:, :, 0]).sum(1).float() / mask.shape[1]
     valid_w = (~mask[:, 0, :]).sum(1).float() / mask.shape[2]
     return torch.stack([valid_w, valid_h], -1)
+
+
+class FlatLevels(NamedTuple):
+    """Multi-scale feature maps as the encoder takes them.
+
+    Attributes:
+        memory: Tensor[B, S, C], the levels flattened and joined, finest first.
+        pos: Tensor[B, S, C], each token's sine position plus its level's embedding.
+        padding_mask: Bool[B, S], True on padding.
+        spatial_shapes: (H_l, W_l) per level.
+        ratios: Tensor[B, L, 2] valid ratios (w, h) per level.
+    """
+
+    memory: torch.Tensor
+    pos: torch.Tensor
+    padding_mask: torch.Tensor
+    spatial_shapes: list[tuple[int, int]]
+    ratios: torch.Tensor
+
+
+def flatten_levels(
+    levels: Sequence[torch.Tensor],
+    padding: torch.Tensor,
+    position_embedding: nn.Module,
+    level_embeds: torch.Tensor,
+) -> FlatLevels:
+    """Flatten the neck's levels for the encoder, with positions and per-level padding masks.
+
+    Args:
+        levels: per level Tensor[B, C, H_l, W_l].
+        padding: Bool[B, H, W] padding mask of the batched images, True on padding.
+        position_embedding: maps a mask [B, H_l, W_l] to Tensor[B, C, H_l, W_l].
+        level_embeds: Tensor[L, C], added to the positions of each level's tokens.
+    """
+    masks = [F.interpolate(padding[None].float(), size=x.shape[-2:])[0].bool() for x in levels]
+    pos = [
+        position_embedding(mask).flatten(2).transpose(1, 2) + level_embeds[i]
+        for i, mask in enumerate(masks)
+    ]
+    return FlatLevels(
+        memory=torch.cat([x.flatten(2).transpose(1, 2) for x in levels], 1),
+        pos=torch.cat(pos, 1),
+        padding_mask=torch.cat([mask.flatten(1) for mask in masks], 1),
+        spatial_shapes=[(x.shape[-2], x.shape[-1]) for x in levels],
+        ratios=torch.stack([valid_ratios(mask) for mask in masks], 1),
+    )
 
 
 def encoder_reference_points(
@@ -148,6 +196,47 @@ class DeformableDetrEncoder(nn.Module):
         return x
 
 
+def token_proposals(
+    memory: torch.Tensor, padding_mask: torch.Tensor, spatial_shapes: Sequence[tuple[int, int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two-stage proposals: a box per encoder token (its centre, side ``0.05 * 2**level`` of the
+    valid image).
+
+    Args:
+        memory: Tensor[B, S, C] encoder output.
+        padding_mask: Bool[B, S], True on padding.
+        spatial_shapes: (H_l, W_l) per level.
+
+    Returns:
+        ``(memory, proposals)``: the memory zeroed where a token proposes nothing (padding, or
+        a box too close to the border), Tensor[B, S, C]; the boxes in logit space, +inf there,
+        Tensor[B, S, 4] (cx, cy, w, h).
+    """
+    batch = memory.shape[0]
+    proposals, start = [], 0
+    for level, (height, width) in enumerate(spatial_shapes):
+        mask = padding_mask[:, start : start + height * width].view(batch, height, width)
+        valid_h = (~mask[:, :, 0]).sum(1)
+        valid_w = (~mask[:, 0, :]).sum(1)
+        ys, xs = torch.meshgrid(
+            torch.arange(height, dtype=torch.float32, device=memory.device),
+            torch.arange(width, dtype=torch.float32, device=memory.device),
+            indexing="ij",
+        )
+        grid = torch.stack([xs, ys], -1)  # [H, W, 2]
+        scale = torch.stack([valid_w, valid_h], -1).view(batch, 1, 1, 2)
+        grid = (grid.unsqueeze(0).expand(batch, -1, -1, -1) + 0.5) / scale
+        size = torch.full_like(grid, 0.05 * 2.0**level)
+        proposals.append(torch.cat((grid, size), -1).view(batch, -1, 4))
+        start += height * width
+    proposals = torch.cat(proposals, 1)
+    valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
+    proposals = torch.log(proposals / (1 - proposals))
+    invalid = padding_mask.unsqueeze(-1) | ~valid
+    proposals = proposals.masked_fill(invalid, float("inf"))
+    return memory.masked_fill(invalid, 0.0), proposals
+
+
 class TwoStageProposals(nn.Module):
     """Two-stage Deformable-DETR: every encoder token proposes a box around itself; the
     ``num_proposals`` tokens scoring highest on class 0 give the decoder its initial boxes
@@ -197,7 +286,8 @@ class TwoStageProposals(nn.Module):
             raise ValueError(
                 f"two-stage needs at least {num_proposals} encoder tokens, got {memory.shape[1]}"
             )
-        output_memory, proposals = self._token_proposals(memory, padding_mask, spatial_shapes)
+        output_memory, proposals = token_proposals(memory, padding_mask, spatial_shapes)
+        output_memory = self.enc_output_norm(self.enc_output(output_memory))
         logits = class_head(output_memory)
         coords = box_head(output_memory) + proposals  # logit space; +inf where invalid
         top = logits[..., 0].topk(num_proposals, dim=1)[1]
@@ -205,39 +295,6 @@ class TwoStageProposals(nn.Module):
         embedded = self.pos_trans_norm(self.pos_trans(self._sine(top_coords)))
         query_pos, content = embedded.split(self.embed_dim, dim=-1)
         return logits, coords.sigmoid(), content, query_pos, top_coords.sigmoid()
-
-    def _token_proposals(
-        self,
-        memory: torch.Tensor,
-        padding_mask: torch.Tensor,
-        spatial_shapes: Sequence[tuple[int, int]],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A box per token (its centre, side 0.05 * 2**level of the valid image) in logit
-        space, +inf on padding and near the border; the memory, zeroed there and projected."""
-        batch = memory.shape[0]
-        proposals, start = [], 0
-        for level, (height, width) in enumerate(spatial_shapes):
-            mask = padding_mask[:, start : start + height * width].view(batch, height, width)
-            valid_h = (~mask[:, :, 0]).sum(1)
-            valid_w = (~mask[:, 0, :]).sum(1)
-            ys, xs = torch.meshgrid(
-                torch.arange(height, dtype=torch.float32, device=memory.device),
-                torch.arange(width, dtype=torch.float32, device=memory.device),
-                indexing="ij",
-            )
-            grid = torch.stack([xs, ys], -1)  # [H, W, 2]
-            scale = torch.stack([valid_w, valid_h], -1).view(batch, 1, 1, 2)
-            grid = (grid.unsqueeze(0).expand(batch, -1, -1, -1) + 0.5) / scale
-            size = torch.full_like(grid, 0.05 * 2.0**level)
-            proposals.append(torch.cat((grid, size), -1).view(batch, -1, 4))
-            start += height * width
-        proposals = torch.cat(proposals, 1)
-        valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
-        proposals = torch.log(proposals / (1 - proposals))
-        invalid = padding_mask.unsqueeze(-1) | ~valid
-        proposals = proposals.masked_fill(invalid, float("inf"))
-        output_memory = memory.masked_fill(invalid, 0.0)
-        return self.enc_output_norm(self.enc_output(output_memory)), proposals
 
     def _sine(self, coords: torch.Tensor) -> torch.Tensor:
         """[B, Q, 4] logit-space boxes -> [B, Q, 4 * C / 2]: per coordinate (x, y, w, h in

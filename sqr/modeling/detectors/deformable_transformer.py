@@ -71,14 +71,17 @@ class DeformableDecoderLayer(nn.Module):
         reference_points: torch.Tensor,
         value_maps: Sequence[torch.Tensor],
         num_groups: int,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         Args:
             content: Tensor[B, G*Q, C], G groups of Q queries.
-            query_pos: Tensor[B, Q, C], shared by the groups.
+            query_pos: Tensor[B, Q, C], shared by the groups, or Tensor[B, G*Q, C].
             reference_points: Tensor[B, Q or G*Q, L, 2|4] scaled by the valid ratios.
             value_maps: the cross-attention's projected memory.
             num_groups: G; queries attend to each other only within their group.
+            attn_mask: Bool[Q, Q], True where query i may not attend to query j, the same in
+                every group (DINO's denoising groups); None lets every query see its group.
 
         Returns:
             Tensor[B, G*Q, C].
@@ -89,7 +92,9 @@ class DeformableDecoderLayer(nn.Module):
         def grouped(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(batch * num_groups, length // num_groups, channels)
 
-        attended = self.self_attn(grouped(q), grouped(q), grouped(content), need_weights=False)[0]
+        attended = self.self_attn(
+            grouped(q), grouped(q), grouped(content), need_weights=False, attn_mask=attn_mask
+        )[0]
         x = self.norm1(content + self.dropout(attended.reshape(batch, length, channels)))
         x = self.norm2(self.cross_attn(x, value_maps, reference_points, query_pos))
         return self.norm3(x + self.ffn(x))

@@ -1,0 +1,29 @@
+# DINO R50 4-scale, 12 epochs (detrex projects/dino; 49.2 box AP on COCO val2017).
+# Train: tools/train_net.py --num-gpus 8 --config-file projects/sqr/configs/dino_r50_4scale_12ep.py
+from sqr.config import get_config
+
+from .models.dino_r50 import model
+
+dataloader = get_config("common/data/coco_detr.py").dataloader
+optimizer = get_config("common/optim.py").AdamW
+lr_multiplier = get_config("common/schedule.py").lr_multiplier_12ep  # x0.1 at epoch 11
+train = get_config("common/train.py").train
+
+train.init_checkpoint = "detectron2://ImageNetPretrained/torchvision/R-50.pkl"
+train.output_dir = "./output/dino_r50_4scale_12ep"
+# detrex's "12ep": 90k iterations at total batch 16 (7.5k per epoch); the lr drops at 11/12 of
+# training (iteration 82.5k).
+train.max_iter = 90000
+train.reference_total_batch_size = 16
+train.clip_grad.enabled = True
+train.clip_grad.params.max_norm = 0.1
+train.clip_grad.params.norm_type = 2.0
+train.checkpointer.period = 5000
+train.eval_period = 5000
+
+# AdamW 1e-4, weight decay 1e-4 (0 on norms), backbone lr x0.1 (detrex configs/common/optim.py).
+optimizer.lr = 1e-4
+optimizer.weight_decay = 1e-4
+optimizer.params.lr_factors = {"backbone": 0.1}
+
+dataloader.train.total_batch_size = 16

@@ -1,0 +1,231 @@
+"""DINO (Zhang et al., ICLR 2023) with Selective Query Recollection in training.
+
+Reproduces detrex's DINO numerics (``projects/dino/modeling/dino.py`` and
+``dino_transformer.py`` at e244e6c; R50 4-scale recipe ``configs/models/dino_r50.py``):
+Deformable-DETR's encoder on C3-C5 plus a stride-64 level, mixed query selection (reference
+boxes from the top encoder proposals, learnt content), contrastive denoising queries
+(:mod:`sqr.modeling.denoising`), look-forward-twice box refinement with a head per layer plus
+one for the encoder proposals, and three loss families: the matched decoder groups
+(``loss_*_s{stage}``), the selected encoder proposals (``loss_*_enc``, all classes) and the
+denoising queries (``loss_*_dn_s{stage}``). As in detrex, evaluation runs without a padding
+mask, keeps the top 300 query-class pairs and drops boxes that clipping empties.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from itertools import groupby
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from sqr.layers.box_ops import refine_boxes
+from sqr.layers.mlp import MLP
+from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention
+from sqr.modeling.criterion import LOSS_NAMES, SetCriterion
+from sqr.modeling.denoising import ContrastiveDenoising, DenoisingQueries, denoising_losses
+from sqr.modeling.neck import ChannelMapper
+from sqr.modeling.sqr import RecollectionSchedule
+
+from .base import QueryDetector, check_positive
+from .deformable_encoder import DeformableDetrEncoder, flatten_levels
+from .dino_transformer import DinoDecoder, DinoDecoderOutput, MixedQuerySelection
+
+
+class _Decoded(NamedTuple):
+    """One forward pass: the matching groups' predictions, the encoder proposals' and the
+    decoder output with the denoising queries it decoded."""
+
+    logits: torch.Tensor
+    boxes: torch.Tensor
+    schedule: RecollectionSchedule
+    enc_logits: torch.Tensor
+    enc_boxes: torch.Tensor
+    decoded: DinoDecoderOutput
+    denoising: DenoisingQueries | None
+
+
+class DINO(QueryDetector):
+    """DINO whose decoder follows a recollection schedule when training.
+
+    Args:
+        backbone: returns a dict of feature maps containing ``in_features``.
+        in_features: backbone levels fed to the neck, finest first (res3, res4, res5).
+        neck: maps them to ``embed_dim`` channels and adds the extra level.
+        position_embedding: maps a padding mask [B, H, W] to [B, embed_dim, H, W].
+        encoder: the deformable encoder.
+        decoder: the DINO decoder.
+        denoising: builds the contrastive denoising queries of a training batch.
+        num_queries: queries selected from the encoder proposals.
+        embed_dim: transformer channels.
+        inverse_sigmoid_eps: clamp of the logit used to refine boxes (detrex: 1e-3).
+        criterion, recollection, num_classes, pixel_mean, pixel_std,
+        select_box_nums_for_evaluation: see :class:`QueryDetector`.
+    """
+
+    # detrex clips the boxes, then detectron2's detector_postprocess drops those clipping emptied.
+    drop_empty_boxes = True
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        in_features: Sequence[str] = ("res3", "res4", "res5"),
+        neck: ChannelMapper,
+        position_embedding: nn.Module,
+        encoder: DeformableDetrEncoder,
+        decoder: DinoDecoder,
+        denoising: ContrastiveDenoising,
+        criterion: SetCriterion,
+        recollection: RecollectionSchedule,
+        num_classes: int = 80,
+        num_queries: int = 900,
+        embed_dim: int = 256,
+        pixel_mean: Sequence[float] = (123.675, 116.28, 103.53),
+        pixel_std: Sequence[float] = (58.395, 57.12, 57.375),
+        select_box_nums_for_evaluation: int = 300,
+        inverse_sigmoid_eps: float = 1e-3,
+    ) -> None:
+        check_positive(num_classes=num_classes, num_queries=num_queries)
+        super().__init__(
+            num_stages=decoder.num_layers,
+            criterion=criterion,
+            recollection=recollection,
+            num_classes=num_classes,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            select_box_nums_for_evaluation=select_box_nums_for_evaluation,
+        )
+        levels = {"neck": neck.num_levels, "encoder": encoder.num_levels}
+        levels["decoder"] = decoder.num_levels
+        if len(set(levels.values())) != 1:
+            raise ValueError(f"feature level counts disagree: {levels}")
+        label_shape = tuple(denoising.label_enc.weight.shape)
+        if label_shape != (num_classes, embed_dim):
+            raise ValueError(
+                f"denoising label embedding is {label_shape}, expected (num_classes, embed_dim) "
+                f"= {(num_classes, embed_dim)}"
+            )
+        self.backbone = backbone
+        self.in_features = tuple(in_features)
+        self.neck = neck
+        self.position_embedding = position_embedding
+        self.level_embeds = nn.Parameter(torch.empty(neck.num_levels, embed_dim))
+        self.encoder = encoder
+        self.query_selection = MixedQuerySelection(embed_dim, num_queries)
+        self.decoder = decoder
+        self.denoising = denoising
+        # One head per decoder layer, plus the encoder proposals' (the last).
+        num_heads = decoder.num_layers + 1
+        self.class_embed = nn.ModuleList(
+            nn.Linear(embed_dim, num_classes) for _ in range(num_heads)
+        )
+        self.bbox_embed = nn.ModuleList(MLP(embed_dim, embed_dim, 4, 3) for _ in range(num_heads))
+        self.num_queries = num_queries
+        self.eps = inverse_sigmoid_eps
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        # detrex: xavier on every matrix of the transformer (encoder, decoder, query selection),
+        # then MSDA's own init, level embeddings N(0, 1). The heads are deep copies of one head
+        # (class prior 0.01, zero last box layer), so they all start equal.
+        for module in (self.encoder, self.decoder, self.query_selection):
+            for p in module.parameters():
+                if p.dim() > 1:
+                    nn.init.xavier_uniform_(p)
+        for module in self.modules():
+            if isinstance(module, MultiScaleDeformableAttention):
+                module.reset_parameters()
+        nn.init.normal_(self.level_embeds)
+        nn.init.constant_(self.class_embed[0].bias, -math.log((1 - 0.01) / 0.01))
+        nn.init.zeros_(self.bbox_embed[0].layers[-1].weight)
+        nn.init.zeros_(self.bbox_embed[0].layers[-1].bias)
+        for heads in (self.class_embed, self.bbox_embed):
+            for head in heads[1:]:
+                head.load_state_dict(heads[0].state_dict())
+
+    def losses(
+        self, batched_inputs: list[dict], targets: list[dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """Weighted losses per stage, ``loss_{class,bbox,giou}_enc`` for the selected encoder
+        proposals and ``loss_{class,bbox,giou}_dn_s{stage}`` for the denoising queries
+        (:meth:`QueryDetector.losses`)."""
+        out = self._decode(batched_inputs, targets)
+        losses = self.criterion(out.logits, out.boxes, targets, out.schedule.group_stage)
+        enc = self.criterion(out.enc_logits[None], out.enc_boxes[None], targets, [0])
+        losses.update({f"{name}_enc": enc[f"{name}_s0"] for name in LOSS_NAMES})
+        if out.denoising is None:
+            # No image has a target: zero denoising losses that still reach the label
+            # embedding, so that every parameter gets a gradient (DDP needs them all).
+            zero = self.denoising.label_enc.weight[0, 0] * 0.0
+            stages = range(out.schedule.num_stages)
+            losses.update({f"{n}_dn_s{s}": zero for s in stages for n in LOSS_NAMES})
+            return losses
+        decoded = out.decoded
+        stages = decoded.denoising_group_stage
+        logits, boxes = self._heads(decoded.denoising_hidden, decoded.denoising_references, stages)
+        losses.update(
+            denoising_losses(self.criterion, logits, boxes, targets, stages, out.denoising)
+        )
+        return losses
+
+    def predict(
+        self, batched_inputs: list[dict]
+    ) -> tuple[torch.Tensor, torch.Tensor, RecollectionSchedule]:
+        """See :meth:`QueryDetector.predict`. No denoising queries: the matching queries
+        never attend to them, so their predictions are the same with or without."""
+        out = self._decode(batched_inputs, None)
+        return out.logits, out.boxes, out.schedule
+
+    def _decode(
+        self, batched_inputs: list[dict], targets: list[dict[str, torch.Tensor]] | None
+    ) -> _Decoded:
+        """The forward pass, with denoising queries built from ``targets`` when given."""
+        tensor, padding = self.preprocess_image(batched_inputs)
+        if not self.training:
+            padding = torch.zeros_like(padding)  # detrex evaluates without a padding mask
+        features = self.backbone(tensor)
+        levels = self.neck([features[name] for name in self.in_features])
+        flat = flatten_levels(levels, padding, self.position_embedding, self.level_embeds)
+        memory = self.encoder(*flat)
+        enc_logits, enc_boxes, content, reference = self.query_selection(
+            memory,
+            flat.padding_mask,
+            flat.spatial_shapes,
+            self.class_embed[-1],
+            self.bbox_embed[-1],
+        )
+        denoising = None if targets is None else self.denoising(targets, self.num_queries)
+        schedule = self.active_schedule
+        # The denoising queries go in as tensors, not as their dataclass, so that a caller
+        # (tools/benchmark.py) can replay the decoder call on fresh leaves.
+        dn = () if denoising is None else (denoising.content, denoising.boxes, denoising.attn_mask)
+        decoded = self.decoder(
+            content,
+            reference,
+            memory,
+            flat.padding_mask,
+            flat.spatial_shapes,
+            flat.ratios,
+            self.bbox_embed,
+            schedule,
+            *dn,
+        )
+        logits, boxes = self._heads(decoded.hidden, decoded.references, schedule.group_stage)
+        return _Decoded(logits, boxes, schedule, enc_logits, enc_boxes, decoded, denoising)
+
+    def _heads(
+        self, hidden: torch.Tensor, references: torch.Tensor, group_stage: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [G, B, N, K] and boxes [G, B, N, 4] of groups hidden [G, B, N, C] with
+        references [G, B, N, 4]; each group goes through the heads of its stage."""
+        logits, boxes, start = [], [], 0
+        for stage, run in groupby(group_stage):
+            part = slice(start, start + len(list(run)))
+            start = part.stop
+            logits.append(self.class_embed[stage](hidden[part]))
+            delta = self.bbox_embed[stage](hidden[part])
+            boxes.append(refine_boxes(delta, references[part], self.eps))
+        return torch.cat(logits), torch.cat(boxes)
