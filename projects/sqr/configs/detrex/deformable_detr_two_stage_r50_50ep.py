@@ -1,0 +1,7 @@
+# Two-stage Deformable-DETR R50 (with box refinement, as published), 50 epochs, in detrex
+# (recipe: ../deformable_detr_two_stage_r50_50ep.py). Same recipe as the plain model otherwise.
+from .deformable_detr_r50_50ep import dataloader, lr_multiplier, model, optimizer, train
+
+model.detector.with_box_refine = True
+model.detector.as_two_stage = True
+train.output_dir = "./output/detrex/deformable_detr_two_stage_r50_50ep"
