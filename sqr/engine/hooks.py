@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from sqr.utils import comm
+from sqr.utils.checks import check_positive
 from sqr.utils.events import EventWriter
 
 from .checkpoint import DetectionCheckpointer
@@ -113,10 +114,9 @@ class CheckpointHook(HookBase):
         max_iter: int,
         max_to_keep: int | None = None,
     ) -> None:
-        _check_positive_int("period", period)
-        _check_positive_int("max_iter", max_iter)
+        check_positive(period=period, max_iter=max_iter)
         if max_to_keep is not None:
-            _check_positive_int("max_to_keep", max_to_keep)
+            check_positive(max_to_keep=max_to_keep)
         self._checkpointer = checkpointer
         self._period = period
         self._max_iter = max_iter
@@ -169,11 +169,6 @@ class CheckpointHook(HookBase):
 
 
 _PERIODIC_CHECKPOINT = re.compile(r"model_\d{7}\.pth")
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 class EvalHook(HookBase):

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from sqr.utils import comm
+from sqr.utils.checks import check_positive
 from sqr.utils.events import EventStorage
 
 logger = logging.getLogger(__name__)
@@ -95,8 +96,7 @@ class Trainer:
         device = next(model.parameters()).device
         if amp_dtype is not None and amp_dtype not in _AMP_DTYPES:
             raise ValueError(f"amp dtype must be one of {sorted(_AMP_DTYPES)}, got {amp_dtype!r}")
-        if isinstance(log_period, bool) or not isinstance(log_period, int) or log_period < 1:
-            raise ValueError(f"log_period must be a positive integer, got {log_period!r}")
+        check_positive(log_period=log_period)
         if clip_grad_max_norm is not None and not clip_grad_max_norm > 0:
             raise ValueError(f"clip_grad_max_norm must be positive, got {clip_grad_max_norm!r}")
         self.model = model

@@ -28,12 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sqr.layers.box_ops import at_least_float32
 from sqr.layers.constants import constant_tensor
-
-
-def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """Half-precision tensors upcast to float32; float32 and float64 unchanged."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def add_to_groups(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -108,12 +104,12 @@ def ms_deform_attn_sample_pytorch(
     head_dim = value_maps[0].shape[1]
     with torch.autocast(device_type=sampling_locations.device.type, enabled=False):
         # grid_sample wants [-1, 1] grids per (image, head): [B*M, N, L, P, 2].
-        grids = (2 * _at_least_float32(sampling_locations) - 1).transpose(1, 2).flatten(0, 1)
-        weights = _at_least_float32(attention_weights).transpose(1, 2).flatten(0, 1).unsqueeze(1)
+        grids = (2 * at_least_float32(sampling_locations) - 1).transpose(1, 2).flatten(0, 1)
+        weights = at_least_float32(attention_weights).transpose(1, 2).flatten(0, 1).unsqueeze(1)
         out = None
         for level, value in enumerate(value_maps):
             sampled = F.grid_sample(
-                _at_least_float32(value),
+                at_least_float32(value),
                 grids[:, :, level],
                 mode="bilinear",
                 padding_mode="zeros",
@@ -204,7 +200,7 @@ class MultiScaleDeformableAttention(nn.Module):
         value = self.value_proj(value)
         if padding_mask is not None:
             value = value.masked_fill(padding_mask[..., None], 0.0)
-        value = _at_least_float32(value).view(batch, length, self.num_heads, -1)
+        value = at_least_float32(value).view(batch, length, self.num_heads, -1)
         maps, start = [], 0
         for height, width in spatial_shapes:
             level = value[:, start : start + height * width]  # [B, HW, M, D]
@@ -238,9 +234,9 @@ class MultiScaleDeformableAttention(nn.Module):
         offsets = self.sampling_offsets(q).view(batch, num_queries, heads, levels, points, 2)
         weights = self.attention_weights(q).view(batch, num_queries, heads, levels * points)
         weights = (
-            _at_least_float32(weights).softmax(-1).view(batch, num_queries, heads, levels, points)
+            at_least_float32(weights).softmax(-1).view(batch, num_queries, heads, levels, points)
         )
-        locations = self._locations(reference_points, _at_least_float32(offsets), value_maps)
+        locations = self._locations(reference_points, at_least_float32(offsets), value_maps)
         sampled = ms_deform_attn_sample(value_maps, locations, weights).to(query.dtype)
         return query + self.dropout(self.output_proj(sampled))
 
@@ -254,7 +250,7 @@ class MultiScaleDeformableAttention(nn.Module):
             raise ValueError(f"{num_queries} queries are not a whole number of {shared}")
         # Groups of queries sharing references: [B, G, N_r, M, L, P, 2] against [B, 1, N_r, ...].
         offsets = offsets.view(batch, num_queries // shared, shared, *offsets.shape[2:])
-        reference = _at_least_float32(reference)[:, None, :, None, :, None, :]
+        reference = at_least_float32(reference)[:, None, :, None, :, None, :]
         if reference.shape[-1] == 2:
             # Offsets are in pixels of each level.
             size = [(m.shape[-1], m.shape[-2]) for m in value_maps]  # (W_l, H_l)

@@ -44,7 +44,7 @@ _DEFORMABLE = [
     "model.decoder.num_points=2",
     "model.decoder.feedforward_dim=64",
 ]
-#: --tiny overrides per config family, those of tests/helpers/tiny.py (a test keeps them equal):
+#: --tiny overrides per config family, also the tests' (tests/helpers/tiny.py):
 #: ResNet-18, 32 channels, small FFNs and 10 queries; the decoder depth stays the recipe's.
 TINY = {
     "dab_detr": [

@@ -22,9 +22,10 @@ from sqr.layers.adamixer_ops import xyxy_to_xyzr
 from sqr.layers.box_ops import box_xyxy_to_cxcywh
 from sqr.modeling.criterion import SetCriterion
 from sqr.modeling.sqr import RecollectionSchedule
+from sqr.utils.checks import check_positive
 
 from .adamixer_decoder import AdaMixerDecoder
-from .base import QueryDetector, check_positive
+from .base import QueryDetector
 
 
 class InitialQueryGenerator(nn.Module):

@@ -20,13 +20,6 @@ from sqr.modeling.criterion import SetCriterion
 from sqr.modeling.sqr import RecollectionSchedule
 
 
-def check_positive(**counts: int) -> None:
-    """Raise ValueError naming the first of ``counts`` (e.g. ``num_queries=0``) below 1."""
-    for name, count in counts.items():
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"{name} must be a positive integer, got {count!r}")
-
-
 class QueryDetector(nn.Module):
     """A set-prediction detector whose decoder follows a recollection schedule when training.
 

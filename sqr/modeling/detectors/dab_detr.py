@@ -19,8 +19,9 @@ from sqr.layers.box_ops import inverse_sigmoid, refine_boxes
 from sqr.layers.mlp import MLP
 from sqr.modeling.criterion import SetCriterion
 from sqr.modeling.sqr import RecollectionSchedule
+from sqr.utils.checks import check_positive
 
-from .base import QueryDetector, check_positive
+from .base import QueryDetector
 from .dab_transformer import DabDetrDecoder, DabDetrEncoder
 
 

@@ -33,8 +33,9 @@ from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention
 from sqr.modeling.criterion import LOSS_NAMES, SetCriterion
 from sqr.modeling.neck import ChannelMapper
 from sqr.modeling.sqr import RecollectionSchedule
+from sqr.utils.checks import check_positive
 
-from .base import QueryDetector, check_positive
+from .base import QueryDetector
 from .deformable_encoder import DeformableDetrEncoder, TwoStageProposals, flatten_levels
 from .deformable_transformer import DeformableDetrDecoder
 

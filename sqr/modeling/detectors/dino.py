@@ -28,8 +28,9 @@ from sqr.modeling.criterion import LOSS_NAMES, SetCriterion
 from sqr.modeling.denoising import ContrastiveDenoising, DenoisingQueries, denoising_losses
 from sqr.modeling.neck import ChannelMapper
 from sqr.modeling.sqr import RecollectionSchedule
+from sqr.utils.checks import check_positive
 
-from .base import QueryDetector, check_positive
+from .base import QueryDetector
 from .deformable_encoder import DeformableDetrEncoder, flatten_levels
 from .dino_transformer import DinoDecoder, DinoDecoderOutput, MixedQuerySelection
 
