@@ -10,6 +10,7 @@ The hook life cycle, as pseudo-code::
                                     # ... clip, optimizer step
         hook.after_step()
     trainer.verify_state()      # forward, backward, finite check, after_backward; no update
+                                # (parameters untouched, buffers restored)
     hook.after_train()          # also runs when training raised (hooks then only clean up)
 
 Hooks see the trainer as ``self.trainer``; ``trainer.iter`` is the iteration being run, and equals
@@ -200,15 +201,31 @@ class Trainer:
 
     def verify_state(self) -> None:
         """Check that the current parameters give a finite loss and finite gradients on the next
-        batch, without updating them; then call the hooks' ``after_backward``.
+        batch, without changing the model; then call the hooks' ``after_backward``.
+
+        The pass runs in training mode, like every step's check; the buffers it updates
+        (BatchNorm running statistics) are restored afterwards, so the model in memory, which
+        the final evaluation sees, equals the saved ``model_final.pth``.
 
         :meth:`train` calls it after the last step, so that the final state passes the same
         check as every state before it.
         """
-        logger.info("Verifying the final state: one forward and backward pass, no update")
-        self._forward_backward(
-            self._next_batch(), f"the check of the state after the last iteration {self.iter}"
+        logger.info(
+            "Verifying the final state: one forward and backward pass, no update (buffers such "
+            "as BatchNorm statistics are restored)"
         )
+        # The check runs in training mode, as every step's check does, so its forward pass
+        # updates buffers (BatchNorm running statistics): put them back, so that the model
+        # evaluated and kept in memory is the one model_final.pth holds.
+        saved = [(buffer, buffer.detach().clone()) for buffer in self.model.buffers()]
+        try:
+            self._forward_backward(
+                self._next_batch(), f"the check of the state after the last iteration {self.iter}"
+            )
+        finally:
+            with torch.no_grad():
+                for buffer, value in saved:
+                    buffer.copy_(value)
         for hook in self.hooks:
             hook.after_backward()
         self.optimizer.zero_grad(set_to_none=True)

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.standin import StandInDetector
-from helpers.train_net import load_train_net, run_standin
+from helpers.train_net import REPO, load_train_net, parse, run_standin
 
+from sqr.config import instantiate
 from sqr.data import register_coco_instances
 from sqr.engine import IncompatibleCheckpointError, Trainer
 
@@ -18,6 +19,9 @@ from sqr.engine import IncompatibleCheckpointError, Trainer
 @pytest.fixture(scope="module")
 def train_net():
     return load_train_net()
+
+
+STANDIN_BN_CONFIG = str(REPO / "tests" / "configs" / "standin_bn_synthetic.py")
 
 
 def final_state(out: Path) -> dict[str, torch.Tensor]:
@@ -198,3 +202,31 @@ def test_schedule_in_epochs(train_net, datasets_dir, synthetic_root: Path, tmp_p
             "train.max_iter=10",
             "train.max_epochs=3",
         )
+
+
+def test_final_evaluation_is_of_the_saved_model(train_net, datasets_dir, tmp_path: Path) -> None:
+    # BatchNorm's running statistics change in every training-mode forward pass, including the
+    # final state's check after the last step: that check must leave the model as it was saved.
+    out = tmp_path / "train"
+    args = parse("--config-file", STANDIN_BN_CONFIG, f"train.output_dir={out}", "train.max_iter=3")
+    cfg = train_net.setup(args)
+    model = instantiate(cfg.model).to(cfg.train.device)
+    train_net.do_train(cfg, args, model)
+
+    saved, in_memory = final_state(out), model.state_dict()
+    assert "conv1.1.running_mean" in saved and saved.keys() == in_memory.keys()
+    for key in saved:
+        assert torch.equal(saved[key], in_memory[key]), key
+    (final,) = [r for r in metrics_rows(out) if "bbox/AP" in r]
+    results = train_net.main(
+        parse(
+            "--config-file",
+            STANDIN_BN_CONFIG,
+            "--eval-only",
+            f"train.output_dir={tmp_path / 'eval'}",
+            f"train.init_checkpoint={out / 'model_final.pth'}",
+        )
+    )
+    assert final["bbox/AP"] > 0  # a number that the model's outputs move
+    assert results["bbox"]["AP"] == final["bbox/AP"]
+    assert results["bbox"]["AP50"] == final["bbox/AP50"]
