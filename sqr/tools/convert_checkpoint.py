@@ -15,26 +15,29 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-
-from sqr.engine.checkpoint import load_checkpoint_file, write_atomically
-from sqr.engine.model_zoo import resolve
-from sqr.modeling.converters import (
-    CONVERTERS,
-    ConversionError,
-    convert,
-    detect_format,
-    is_native,
+#: The keys of :data:`sqr.modeling.converters.CONVERTERS`, spelled out so that ``--help`` does not
+#: import torch (a test keeps the two equal).
+FORMATS = (
+    "detectron2_resnet",
+    "detrex_dab_detr",
+    "detrex_deformable_detr",
+    "detrex_deformable_detr_refine",
+    "detrex_dino",
+    "mmdet_adamixer",
+    "mmdet_deformable_detr",
+    "mmdet_deformable_detr_refine",
+    "torchvision_resnet",
 )
 
 
 def resolve_format(state: Mapping[str, Any], fmt: str) -> str:
     """``fmt``, or the detected format for ``auto`` (an error when nothing is recognised)."""
+    from sqr.modeling.converters import CONVERTERS, detect_format, is_native
+
     if fmt != "auto":
         return fmt
     if is_native(state):
@@ -52,6 +55,19 @@ def resolve_format(state: Mapping[str, Any], fmt: str) -> str:
     return detected
 
 
+def check_not_input(input_ref: str, output: str) -> None:
+    """Refuse an ``output`` that is the input file (same path, or another name of it)."""
+    if not os.path.exists(output) or not os.path.exists(input_ref):
+        return  # a new output file, or an input that is a URL or zoo name
+    if os.path.realpath(output) == os.path.realpath(input_ref) or os.path.samefile(
+        output, input_ref
+    ):
+        raise ValueError(
+            f"output {output} is the input file {input_ref}; converting would overwrite it. "
+            "Give another output path"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Convert a checkpoint to sqr parameter names.",
@@ -60,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--format",
         required=True,
-        choices=["auto", *sorted(CONVERTERS)],
+        choices=["auto", *FORMATS],
         help="source format; 'auto' guesses it from the key names",
     )
     parser.add_argument("input", help="file, sqr://NAME, detectron2://PATH or https:// URL")
@@ -78,13 +94,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success, 1 when the input cannot be read or converted (the reason goes to stderr).
     """
     args = build_parser().parse_args(argv)
+    # Imported after parsing, so that --help answers without loading torch.
+    import pickle
+
+    import torch
+
+    from sqr.engine.checkpoint import load_checkpoint_file, write_atomically
+    from sqr.engine.model_zoo import resolve
+    from sqr.modeling.converters import ConversionError, convert
+
     try:
+        check_not_input(args.input, args.output)
         data = load_checkpoint_file(resolve(args.input))
         state = data["model"]
         if not isinstance(state, Mapping):
             raise ValueError(f"{args.input}: 'model' is a {type(state).__name__}, not a dict")
+        if not state:
+            raise ValueError(
+                f"{args.input}: no parameters to convert as {args.format} (its 'model' is empty)"
+            )
         fmt = resolve_format(state, args.format)
         converted = convert(state, fmt)
+        if not converted:
+            raise ValueError(
+                f"{args.input}: no parameters to convert as {fmt}: the converter kept none of "
+                f"its {len(state)} keys"
+            )
         record = {"model": converted, "__converted_from__": fmt, "__source__": args.input}
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         write_atomically(args.output, lambda f: torch.save(record, f))

@@ -370,3 +370,32 @@ def test_tool_auto_says_a_native_checkpoint_needs_no_conversion(tmp_path: Path, 
     assert convert_checkpoint.main(["--format", "auto", str(src), str(tmp_path / "o.pth")]) == 1
     assert "already has sqr's parameter names" in capsys.readouterr().err
     assert not (tmp_path / "o.pth").exists()
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_tool_refuses_to_overwrite_its_input(tmp_path: Path, capsys, link: bool) -> None:
+    src = tmp_path / "detrex.pth"
+    torch.save({"model": detrex_dab_detr_state(Filler(small=True))}, src)
+    before = src.read_bytes()
+    dst = tmp_path / "alias.pth" if link else tmp_path / "sub" / ".." / "detrex.pth"
+    if link:
+        os.link(src, dst)  # another name for the same file (same inode)
+    (tmp_path / "sub").mkdir()
+    assert convert_checkpoint.main(["--format", "detrex_dab_detr", str(src), str(dst)]) == 1
+    err = capsys.readouterr().err
+    assert "is the input file" in err and str(dst) in err
+    assert src.read_bytes() == before
+
+
+@pytest.mark.parametrize("content", [{}, {"model": {}}])
+def test_tool_refuses_an_empty_checkpoint(tmp_path: Path, capsys, content: dict) -> None:
+    src, dst = tmp_path / "empty.pth", tmp_path / "out.pth"
+    torch.save(content, src)
+    assert convert_checkpoint.main(["--format", "detectron2_resnet", str(src), str(dst)]) == 1
+    err = capsys.readouterr().err
+    assert f"{src}: no parameters to convert as detectron2_resnet" in err
+    assert not dst.exists()
+
+
+def test_tool_format_choices_are_the_converters() -> None:
+    assert convert_checkpoint.FORMATS == tuple(sorted(CONVERTERS))
