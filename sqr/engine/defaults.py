@@ -26,7 +26,11 @@ logger = logging.getLogger(__name__)
 
 
 class _Parser(argparse.ArgumentParser):
-    """Rejects ``--flags`` that ended up among the overrides (argparse REMAINDER swallows them)."""
+    """Rejects ``--flags`` that ended up among the overrides (argparse REMAINDER swallows them).
+
+    ``--config-file`` is required here rather than by argparse: written after an override it
+    lands among the overrides, and argparse would report it missing.
+    """
 
     def parse_args(self, args=None, namespace=None):  # noqa: D102
         parsed = super().parse_args(args, namespace)
@@ -36,6 +40,8 @@ class _Parser(argparse.ArgumentParser):
                 f"flag(s) {' '.join(misplaced)} came after the config overrides; put every --flag "
                 "before the first key=value override"
             )
+        if parsed.config_file is None:
+            self.error("the following arguments are required: --config-file")
         return parsed
 
 
@@ -63,9 +69,8 @@ def default_argument_parser(
     )
     parser.add_argument(
         "--config-file",
-        required=True,
         metavar="FILE",
-        help="path to a config file, or the name of one under projects/sqr/configs "
+        help="(required) path to a config file, or the name of one under projects/sqr/configs "
         "(e.g. sqr_dab_detr_r50_50ep.py, quickstart/sqr_dab_detr_synthetic.py)",
     )
     if training:

@@ -83,3 +83,13 @@ def test_tools_offer_only_the_flags_they_use() -> None:
     analyze_help = analyze_stages.build_parser().format_help()
     assert "--resume" not in analyze_help and "--eval-only" not in analyze_help
     assert "--num-gpus" in analyze_help  # the analysis runs on several processes
+
+
+def test_override_before_the_flags_is_named(capsys) -> None:
+    # argparse's REMAINDER takes everything from the first override on, --config-file included.
+    with pytest.raises(SystemExit) as exit_info:
+        default_argument_parser().parse_args(["train.max_iter=5", "--config-file", "c.py"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--config-file came after the config overrides" in err
+    assert "required" not in err
