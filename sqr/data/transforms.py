@@ -67,6 +67,11 @@ class ResizeShortestEdge(v2.RandomShortestSize):
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         height, width = v2.query_size(flat_inputs)
+        if height == 0 or width == 0:
+            raise ValueError(
+                f"ResizeShortestEdge cannot resize an image of {height} x {width} pixels "
+                "(height x width): it has no pixels"
+            )
         size = self.min_size[int(torch.randint(len(self.min_size), ()))]
         scale = size / min(height, width)
         if self.max_size is not None and max(height, width) * scale > self.max_size:

@@ -32,7 +32,16 @@ ImageInput: TypeAlias = str | os.PathLike | PILImage.Image | np.ndarray
 
 
 def _from_pil(image: PILImage.Image) -> torch.Tensor:
-    """The uint8 Tensor[3, H, W] that :func:`read_image` gives for the same image in a file."""
+    """The uint8 Tensor[3, H, W] that :func:`read_image` gives for the same image in a file.
+
+    Raises:
+        ValueError: the image has no pixels (PIL makes 0 x N images; image files cannot be).
+    """
+    if 0 in image.size:
+        raise ValueError(
+            f"Predictor got an empty PIL image of {image.size[0]} x {image.size[1]} pixels "
+            f"(width x height, mode {image.mode}); it needs at least one pixel"
+        )
     if image.mode in _HIGH_BIT_DEPTH_MODES:
         # convert("RGB") would clip 16-bit values to 255 instead of scaling them.
         gray = _high_bit_depth_to_uint8(np.asarray(image), image.mode, "<PIL image>")

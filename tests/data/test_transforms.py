@@ -207,3 +207,9 @@ def test_train_augmentation_without_crop_keeps_every_box():
         h, w = out["image"].shape[-2:]
         assert min(h, w) in (30, 40) and w * 60 == h * 90
         assert out["labels"].tolist() == [1, 2]
+
+
+@pytest.mark.parametrize(("height", "width"), [(0, 0), (0, 40), (27, 0)])
+def test_resize_shortest_edge_names_an_empty_image(height: int, width: int) -> None:
+    with pytest.raises(ValueError, match=rf"an image of {height} x {width} pixels"):
+        ResizeShortestEdge([30])(tv_tensors.Image(torch.zeros(3, height, width, dtype=torch.uint8)))

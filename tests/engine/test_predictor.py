@@ -154,6 +154,13 @@ def test_wrong_arrays_are_named_errors(predictor: Predictor, array: np.ndarray, 
     assert str(array.shape) in str(info.value) and hint in str(info.value)
 
 
+@pytest.mark.parametrize(("mode", "size"), [("RGB", (0, 0)), ("RGB", (0, 12)), ("I;16", (0, 0))])
+def test_empty_pil_images_are_named_errors(predictor: Predictor, mode: str, size: tuple) -> None:
+    expected = rf"empty PIL image of {size[0]} x {size[1]} pixels \(width x height, mode {mode}"
+    with pytest.raises(ValueError, match=expected):
+        predictor(Image.new(mode, size))
+
+
 def test_other_input_types_are_refused(predictor: Predictor) -> None:
     with pytest.raises(TypeError, match="got Tensor"):
         predictor(torch.zeros(3, 20, 30, dtype=torch.uint8))
