@@ -90,6 +90,11 @@ def default_argument_parser(
             default="auto",
             help="rendezvous URL, tcp://host:port (auto: a free port on this machine)",
         )
+        parser.add_argument(
+            "--allow-oversubscribe",
+            action="store_true",
+            help="with train.device=cpu, allow more processes than this machine has cores",
+        )
     parser.add_argument(
         "opts",
         nargs=argparse.REMAINDER,
@@ -199,6 +204,7 @@ def launch_main(main_func: Callable[[argparse.Namespace], Any], args: argparse.N
         args=(args,),
         device=cfg.train.device,
         timeout=datetime.timedelta(minutes=cfg.train.get("dist_timeout_minutes", 30)),
+        allow_oversubscribe=args.allow_oversubscribe,
     )
 
 

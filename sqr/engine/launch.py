@@ -15,6 +15,7 @@ import ctypes
 import datetime
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -59,6 +60,7 @@ def launch(
     *,
     device: str = "cuda",
     timeout: datetime.timedelta = DEFAULT_TIMEOUT,
+    allow_oversubscribe: bool = False,
 ) -> None:
     """Run ``main_func(*args)`` on every process of the job.
 
@@ -72,6 +74,12 @@ def launch(
         args: arguments for ``main_func``.
         device: "cuda" (NCCL) or "cpu" (gloo).
         timeout: collective timeout (long evaluations on rank 0 need a generous one).
+        allow_oversubscribe: start more CPU processes than this machine has cores.
+
+    Raises:
+        ValueError: fewer than one process or machine, a machine rank out of range, more CUDA
+            processes than devices, or more CPU processes than cores without
+            ``allow_oversubscribe``.
     """
     if _running_under_torchrun():
         _init_and_run(
@@ -86,6 +94,17 @@ def launch(
             local_rank=int(os.environ["LOCAL_RANK"]),
         )
         return
+    if num_gpus_per_machine < 1:
+        raise ValueError(
+            f"--num-gpus {num_gpus_per_machine}: the processes per machine must be at least 1"
+        )
+    if num_machines < 1 or not 0 <= machine_rank < num_machines:
+        raise ValueError(
+            f"--num-machines {num_machines} --machine-rank {machine_rank}: need at least 1 "
+            "machine and 0 <= machine rank < machines"
+        )
+    if not device.startswith("cuda"):
+        _check_cpu_processes(num_gpus_per_machine, allow_oversubscribe)
     world_size = num_machines * num_gpus_per_machine
     if world_size <= 1:
         main_func(*args)
@@ -123,6 +142,53 @@ def launch(
         daemon=False,
         start_method="spawn",
     )
+
+
+def _available_cores() -> int:
+    """The cores this process may run on (its affinity mask, where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _check_cpu_processes(processes: int, allow_oversubscribe: bool) -> None:
+    """Refuse more CPU processes than cores unless asked: each one is a full Python process
+    with torch, the model and its data loader, and a typo such as ``--num-gpus 64`` would
+    otherwise exhaust the machine's memory before any rank logs a line."""
+    cores = _available_cores()
+    if processes <= cores:
+        return
+    per_rank, source = _private_memory_mib()
+    memory = (
+        f"expect at least {per_rank} MiB per process ({source}; a rank also holds its model, "
+        f"optimizer and data workers), {processes * per_rank / 1024:.1f} GiB in all"
+    )
+    if not allow_oversubscribe:
+        raise ValueError(
+            f"--num-gpus {processes} train.device=cpu: {processes} CPU processes on {cores} "
+            f"cores; {memory}. Use at most --num-gpus {cores}, or add --allow-oversubscribe"
+        )
+    logger.warning(
+        "%d CPU processes on %d cores (--allow-oversubscribe): %s", processes, cores, memory
+    )
+
+
+def _private_memory_mib() -> tuple[int, str]:
+    """What each spawned rank costs at least, and where the figure comes from.
+
+    A rank starts as this launcher is now (interpreter, torch, the config) and then builds its
+    model and data loader, so the launcher's private memory (anonymous pages; the shared
+    libraries' pages are shared between processes) is a lower bound. Where /proc has no
+    smaps_rollup, the peak resident memory stands in (an overestimate: it counts shared pages).
+    """
+    try:
+        with open("/proc/self/smaps_rollup", encoding="ascii") as f:
+            header, *lines = f.read().splitlines()  # the header is the address range
+        fields = dict(line.split(":", 1) for line in lines)
+        return int(fields["Anonymous"].split()[0]) // 1024, "this launcher's private memory"
+    except (OSError, KeyError, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # KiB on Linux
+        return peak, "this launcher's peak resident memory"
 
 
 def _spawned_worker(

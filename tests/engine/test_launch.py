@@ -7,6 +7,7 @@ import datetime
 import errno
 import importlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -36,6 +37,7 @@ WORKERS_SOURCE = '''
 import ctypes
 import importlib
 import os
+import re
 import time
 from pathlib import Path
 
@@ -219,3 +221,46 @@ def test_auto_port_cannot_be_taken_before_workers_bind_it(
     assert thief_errors == [errno.EADDRINUSE], "another process could bind the rendezvous port"
     # 1 + 2 on both ranks: the workers met through the port that the thief could not take.
     assert [(tmp_path / f"rank{r}.sum").read_text() for r in (0, 1)] == ["3.0", "3.0"]
+
+
+def refuse_to_spawn(*args, **kwargs):
+    raise AssertionError("launch spawned processes")
+
+
+@pytest.mark.parametrize("num_gpus", [0, -1])
+def test_no_processes_is_an_error(num_gpus: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launch_module.mp, "start_processes", refuse_to_spawn)
+    ran = []
+    with pytest.raises(ValueError, match=rf"--num-gpus {num_gpus}: .* at least 1"):
+        launch(lambda: ran.append(1), num_gpus, device="cpu")
+    assert not ran
+
+
+def test_more_cpu_ranks_than_cores_needs_a_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    spawned = []
+    monkeypatch.setattr(launch_module, "_available_cores", lambda: 2)
+    monkeypatch.setattr(launch_module.mp, "start_processes", lambda *a, **k: spawned.append(k))
+    with pytest.raises(ValueError) as info:
+        launch(print, 3, device="cpu", dist_url="tcp://127.0.0.1:1")
+    message = str(info.value)
+    assert "--num-gpus 3 train.device=cpu: 3 CPU processes on 2 cores" in message
+    assert "--allow-oversubscribe" in message
+    assert re.search(r"at least \d+ MiB per process \(this launcher's (private|peak) ", message)
+    assert not spawned
+    # Asked for, it goes ahead.
+    launch(print, 3, device="cpu", dist_url="tcp://127.0.0.1:1", allow_oversubscribe=True)
+    assert spawned and spawned[0]["nprocs"] == 3
+    # CUDA processes are counted against the devices, not the cores.
+    spawned.clear()
+    monkeypatch.setattr(launch_module.torch.cuda, "device_count", lambda: 4)
+    launch(print, 3, device="cuda", dist_url="tcp://127.0.0.1:1")
+    assert spawned
+
+
+def test_allow_oversubscribe_is_a_flag() -> None:
+    from sqr.engine import default_argument_parser
+
+    parser = default_argument_parser()
+    assert not parser.parse_args(["--config-file", "c.py"]).allow_oversubscribe
+    args = parser.parse_args(["--config-file", "c.py", "--num-gpus", "8", "--allow-oversubscribe"])
+    assert args.allow_oversubscribe
