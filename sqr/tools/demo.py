@@ -25,6 +25,10 @@ Writes into ``--output``:
   contiguous label, "category_name", "bbox": [x, y, width, height] in the image's pixels,
   "score"}``.
 
+An image that cannot be read stops the run with an error naming it; the drawings and
+``results.json`` of the images before it are kept. With ``--skip-bad-images`` it is skipped
+instead, and every skipped image is named at the end.
+
 A progress bar runs meanwhile, and the seconds per image (reading, predicting, drawing and
 writing) are logged at the end. The ``key=value`` config overrides come last: ``--input`` stops
 at the first item that looks like one (``dotted.key=value``) and is not an existing file.
@@ -45,11 +49,8 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from sqr.data.mapper import read_image
-from sqr.engine import Predictor, load_config
 from sqr.utils.file_io import write_atomically, write_json
 from sqr.utils.logger import setup_logger
-from sqr.utils.visualizer import draw_detections
 
 __all__ = ["build_parser", "collect_inputs", "invoke_main", "main", "output_names", "parse_args"]
 
@@ -90,13 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.5,
         metavar="T",
-        help="draw and write detections scoring at least this (default 0.5)",
+        help="draw and write detections scoring at least this (default 0.5, as in detectron2's "
+        "demo; a small model such as the quickstart's needs a lower one, e.g. 0.3)",
     )
     parser.add_argument(
         "--batch-size", type=int, default=1, metavar="N", help="images per forward pass"
     )
     parser.add_argument(
         "--device", default=None, help="torch device (default: the config's train.device)"
+    )
+    parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="skip images that cannot be read, name them at the end, and go on (default: stop at "
+        "the first, keeping the drawings and results.json of the images before it)",
     )
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config overrides 'path.key=value', after all flags"
@@ -247,8 +255,14 @@ def main(args: argparse.Namespace) -> float:
     Raises:
         ValueError: a bad flag value, or an output that would overwrite an input.
         FileNotFoundError: an ``--input`` item that yields no image.
-        sqr.data.mapper.ImageReadError: an image that cannot be read, named.
+        sqr.data.mapper.ImageReadError: an image that cannot be read, named (not with
+            ``--skip-bad-images``); ``results.json`` then holds the images before it.
     """
+    # Imported here, not at the top, so that --help answers without loading torch.
+    from sqr.data.mapper import ImageReadError, read_image
+    from sqr.engine import Predictor, load_config
+    from sqr.utils.visualizer import draw_detections
+
     if not 0.0 <= args.confidence_threshold <= 1.0:
         raise ValueError(
             f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}"
@@ -268,15 +282,26 @@ def main(args: argparse.Namespace) -> float:
     output_dir.mkdir(parents=True, exist_ok=True)
 
     results: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    failure: ImageReadError | None = None
     start = time.perf_counter()
     with tqdm(total=len(paths), desc="demo", unit="img", dynamic_ncols=True) as bar:
         for first in range(0, len(paths), args.batch_size):
-            batch = range(first, min(first + args.batch_size, len(paths)))
-            # Decoded once: the same H x W x 3 RGB array is predicted on and drawn on.
-            arrays = [
-                read_image(str(paths[i])).permute(1, 2, 0).contiguous().numpy() for i in batch
-            ]
-            for i, array, prediction in zip(batch, arrays, predictor(arrays), strict=True):
+            batch, arrays = [], []
+            for i in range(first, min(first + args.batch_size, len(paths))):
+                try:
+                    # Decoded once: the same H x W x 3 RGB array is predicted on and drawn on.
+                    arrays.append(read_image(str(paths[i])).permute(1, 2, 0).contiguous().numpy())
+                except ImageReadError as e:
+                    if not args.skip_bad_images:
+                        failure = e
+                        break
+                    logger.warning("Skipping %s: %s", paths[i], e)
+                    skipped.append(f"{paths[i]} ({e})")
+                    continue
+                batch.append(i)
+            predictions = predictor(arrays) if arrays else []
+            for i, array, prediction in zip(batch, arrays, predictions, strict=True):
                 kept = _above(prediction, args.confidence_threshold)
                 drawing = draw_detections(
                     Image.fromarray(array),
@@ -288,12 +313,23 @@ def main(args: argparse.Namespace) -> float:
                 _save(drawing, outputs[i])
                 results.extend(coco_results(i, str(paths[i]), kept))
             bar.update(len(batch))
+            if failure is not None:
+                break
+    # Written in every case: what was drawn before a failure is kept.
     write_json(str(output_dir / RESULTS_FILE), results)
-    seconds_per_image = (time.perf_counter() - start) / len(paths)
+    if failure is not None:
+        raise ImageReadError(
+            f"{failure}. Stopped there: {output_dir / RESULTS_FILE} holds the images before it; "
+            "pass --skip-bad-images to skip unreadable images and go on"
+        ) from failure
+    if skipped:
+        logger.warning("Skipped %d unreadable image(s): %s", len(skipped), "; ".join(skipped))
+    drawn = len(paths) - len(skipped)
+    seconds_per_image = (time.perf_counter() - start) / max(drawn, 1)
     logger.info(
         "Drew %d detection(s) on %d image(s) into %s: %.4f s/img on %s",
         len(results),
-        len(paths),
+        drawn,
         output_dir,
         seconds_per_image,
         predictor.device,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from helpers.train_net import STANDIN_CONFIG, load_train_net, run_standin
 from PIL import Image
 
 from sqr.data.mapper import ImageReadError
+from sqr.data.synthetic import DIRNAME
 from sqr.tools import demo
 from sqr.utils.visualizer import class_colour
 
@@ -48,7 +50,7 @@ class FakePredictor:
 def fake_predictor(monkeypatch) -> list[int]:
     """The demo runs FakePredictor; returns the batch sizes it is called with."""
     monkeypatch.setattr(FakePredictor, "batches", [], raising=False)
-    monkeypatch.setattr(demo, "Predictor", FakePredictor)
+    monkeypatch.setattr("sqr.engine.Predictor", FakePredictor)  # the demo imports it in main
     return FakePredictor.batches
 
 
@@ -149,6 +151,40 @@ def test_an_unreadable_image_is_named(tmp_path: Path, fake_predictor) -> None:
         run("--input", str(broken), "--output", str(tmp_path / "out"))
 
 
+@pytest.mark.parametrize("batch_size", ["1", "2"])
+def test_a_bad_image_stops_the_run_but_keeps_the_results_before_it(
+    inputs: list[Path], tmp_path: Path, fake_predictor, batch_size: str
+) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    out = tmp_path / "out"
+    with pytest.raises(ImageReadError, match=r"broken.png.*--skip-bad-images"):
+        run("--input", str(inputs[0]), str(broken), str(inputs[2]), "--output", str(out),
+            "--batch-size", batch_size)  # fmt: skip
+    results = strict_json((out / "results.json").read_text())
+    assert [(r["file_name"], r["image_id"]) for r in results] == [(str(inputs[0]), 0)]
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "results.json"]
+
+
+def test_skip_bad_images_draws_the_others_and_names_the_skipped(
+    inputs: list[Path], tmp_path: Path, fake_predictor, caplog
+) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="sqr.demo"):
+        run("--input", str(inputs[0]), str(broken), str(inputs[2]), "--output", str(out),
+            "--batch-size", "2", "--skip-bad-images")  # fmt: skip
+    results = strict_json((out / "results.json").read_text())
+    assert [(r["file_name"], r["image_id"]) for r in results] == [
+        (str(inputs[0]), 0),
+        (str(inputs[2]), 2),
+    ]
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000000_1.png", "results.json"]
+    assert fake_predictor == [1, 1]  # the bad image leaves its batch one short
+    assert f"Skipped 1 unreadable image(s): {broken}" in caplog.text
+
+
 def test_refuses_to_overwrite_an_input(inputs: list[Path], fake_predictor) -> None:
     with pytest.raises(ValueError, match="would overwrite the input"):
         run("--input", str(inputs[0]), "--output", str(inputs[0].parent))
@@ -221,3 +257,21 @@ def test_end_to_end_with_a_trained_checkpoint(
     # No threshold: the stand-in's 4 queries in each of the 3 images.
     assert sorted({r["image_id"] for r in results}) == [0, 1, 2] and len(results) == 12
     assert {r["category_name"] for r in results} <= {"circle", "square", "triangle", "cross"}
+
+
+def test_readme_quickstart_demo_command_parses_with_a_low_threshold() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    quickstart = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    (command,) = [
+        block
+        for block in re.findall(r"```bash\n(.*?)```", quickstart, re.S)
+        if "tools/demo.py" in block
+    ]
+    words = shlex.split(command.replace("\\\n", " "))
+    assert words[:2] == ["python", "tools/demo.py"]
+    args = demo.parse_args(words[2:])
+    # The quickstart model's scores mostly stay below the default 0.5.
+    assert args.confidence_threshold == 0.3
+    assert args.input == [f"datasets/{DIRNAME}/val"]
+    checkpoint = "output/quickstart/sqr_dab_detr_synthetic/model_final.pth"
+    assert args.opts == [f"train.init_checkpoint={checkpoint}"]
