@@ -351,6 +351,12 @@ class DetectionCheckpointer(Checkpointer):
         self.resumed_from = last
         if last is not None:
             readable = comm.all_gather(os.path.isfile(last))
+            if not readable[0]:  # rank 0 read last_checkpoint, but the file it names is gone
+                raise FileNotFoundError(
+                    f"--resume: {os.path.join(self.save_dir, 'last_checkpoint')} names {last}, "
+                    "which does not exist; write the name of an existing model_*.pth into "
+                    "last_checkpoint, or remove last_checkpoint to start fresh"
+                )
             if not all(readable):
                 ranks = [rank for rank, ok in enumerate(readable) if not ok]
                 raise FileNotFoundError(
