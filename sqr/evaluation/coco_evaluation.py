@@ -21,7 +21,7 @@ from faster_coco_eval import COCO, COCOeval_faster
 from tabulate import tabulate
 
 from sqr.data.catalog import get_metadata
-from sqr.data.coco import Metadata
+from sqr.data.coco import Metadata, describe_ids, read_coco_json, unusable_box_reason
 from sqr.utils import comm
 from sqr.utils.file_io import write_json
 
@@ -140,7 +140,12 @@ class COCOEvaluator:
             On rank 0, ``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl", "AP-<class>",
             ...}}`` in percent, with one ``AP-<class>`` per class of the dataset (detectron2's
             names, see :func:`_category_keys`); NaN where the ground truth has no object of
-            that size or class. ``{}`` on other ranks.
+            that size or class, whether or not there are predictions. ``{}`` on other ranks.
+
+        The ground truth is the json's, scored as COCO's evaluation scores it: every non-crowd
+        box counts, including boxes no prediction inside the image can match (see
+        :func:`sqr.data.coco.unusable_box_reason`), which training drops. Those are misses
+        here, and one warning gives their count and ids.
         """
         gathered = comm.gather(self._predictions)
         if not comm.is_main_process():
@@ -160,12 +165,13 @@ class COCOEvaluator:
             self._write_results(results)
 
         if not results:
+            # Still evaluated: AP is 0 where there is ground truth and NaN where there is none,
+            # as for any set of predictions that finds nothing.
             logger.warning(
-                "COCOEvaluator on %s: no predictions (%d images processed); reporting zeros",
+                "COCOEvaluator on %s: no predictions (%d images processed)",
                 self._dataset_name,
                 len(per_image),
             )
-            return {"bbox": dict.fromkeys([*METRICS, *self._category_keys], 0.0)}
 
         metrics = self._run_cocoeval(results, sorted(per_image))
         return {"bbox": metrics}
@@ -193,8 +199,36 @@ class COCOEvaluator:
 
     def _ground_truth(self) -> COCO:
         if self._coco_gt is None:
-            self._coco_gt = COCO(self._metadata.json_file)
+            # Checked as the training loader checks it: read by id, a repeated annotation id
+            # would silently drop a ground-truth box.
+            dataset = read_coco_json(self._metadata.json_file)
+            self._coco_gt = COCO(dataset, print_function=logger.debug)
         return self._coco_gt
+
+    def _warn_unmatchable(self, coco_gt: COCO, image_ids: list[int]) -> None:
+        """Warn once about the evaluated ground truth that no prediction can match."""
+        evaluated = set(image_ids)
+        unmatchable: dict[str, list[int]] = {}
+        for ann in coco_gt.dataset["annotations"]:
+            if ann["image_id"] not in evaluated or ann.get("iscrowd", 0):
+                continue  # crowd boxes are ignore regions, never misses
+            img = coco_gt.imgs[ann["image_id"]]
+            reason = unusable_box_reason(ann["bbox"], img["width"], img["height"])
+            if reason is not None:
+                unmatchable.setdefault(reason, []).append(ann["id"])
+        if not unmatchable:
+            return
+        ids = sorted(itertools.chain.from_iterable(unmatchable.values()))
+        logger.warning(
+            "COCOEvaluator on %s: %d ground-truth box(es) of %s cannot be matched by any "
+            "prediction inside the image (%s; annotation ids %s). They are scored as misses, as "
+            "COCO's evaluation does, which caps recall and AP; fix or remove them in the json.",
+            self._dataset_name,
+            len(ids),
+            self._metadata.json_file,
+            ", ".join(f"{len(v)} {why}" for why, v in unmatchable.items()),
+            describe_ids(ids),
+        )
 
     def _run_cocoeval(self, results: list[dict[str, Any]], image_ids: list[int]) -> dict:
         coco_gt = self._ground_truth()
@@ -204,6 +238,7 @@ class COCOEvaluator:
                 f"COCOEvaluator: image ids {unknown[:10]} (of {len(unknown)}) are not in the "
                 f"ground truth {self._metadata.json_file}"
             )
+        self._warn_unmatchable(coco_gt, image_ids)
         # loadRes adds fields to the dicts it is given, so hand it copies.
         coco_dt = coco_gt.loadRes([dict(r) for r in results])
         # Its progress lines go to debug: the summary below is what a user reads.

@@ -94,8 +94,8 @@ def test_unknown_category_names_image_and_id(tmp_path: Path) -> None:
         load_coco_json(json_file, str(tmp_path))
     msg = str(info.value)
     assert "b.jpg" in msg
-    assert "id 7" in msg
-    assert "category_id 3" in msg
+    assert "of image id 7" in msg
+    assert "field 'category_id' is 3" in msg
 
 
 def test_missing_json(tmp_path: Path) -> None:
@@ -182,7 +182,7 @@ def test_non_integer_image_id_names_entry(tmp_path: Path, bad_id: object) -> Non
         load_coco_json(json_file, str(tmp_path))
     msg = str(info.value)
     assert json_file in msg and repr(bad_id) in msg and "'bad.jpg'" in msg
-    assert "must be integers" in msg
+    assert "expected an integer" in msg
 
 
 def test_annotation_of_unknown_image_names_it(tmp_path: Path) -> None:
@@ -191,4 +191,5 @@ def test_annotation_of_unknown_image_names_it(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as info:
         load_coco_json(json_file, str(tmp_path))
     msg = str(info.value)
-    assert json_file in msg and "annotation id 8" in msg and "image_id 99" in msg
+    assert json_file in msg and "annotation index 0 (id 8)" in msg
+    assert "field 'image_id' is 99" in msg

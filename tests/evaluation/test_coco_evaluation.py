@@ -102,10 +102,13 @@ def test_no_predictions(val_name: str, tmp_path: Path) -> None:
         }
         for _ in records
     ]
-    results = _evaluate(val_name, empty, str(tmp_path))
-    per_category = ("AP-circle", "AP-square", "AP-triangle", "AP-cross")
-    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl", *per_category)
-    assert results == {"bbox": dict.fromkeys(keys, 0.0)}
+    bbox = _evaluate(val_name, empty, str(tmp_path))["bbox"]
+    per_category = ["AP-circle", "AP-square", "AP-triangle", "AP-cross"]
+    assert list(bbox) == ["AP", "AP50", "AP75", "APs", "APm", "APl", *per_category]
+    # Every class has objects, so 0; a size without objects stays undefined (NaN), as with any
+    # predictions (test_same_answer_with_no_prediction_or_one_useless_one).
+    assert all(bbox[key] == 0.0 for key in ["AP", "AP50", "AP75", *per_category])
+    assert all(bbox[key] == 0.0 or math.isnan(bbox[key]) for key in ("APs", "APm", "APl"))
     path = tmp_path / "inference" / "coco_instances_results.json"
     assert json.loads(path.read_text()) == []
 
@@ -232,3 +235,93 @@ def test_per_category_ap_under_names_with_sparse_ids(tmp_path: Path) -> None:
     assert bbox["AP-bus"] == 0.0  # an object, never found
     assert math.isnan(bbox["AP-car (id 3)"])  # no ground truth: AP undefined
     assert bbox["AP"] == pytest.approx(50.0)  # mean over the two categories with objects
+
+
+def _register(tmp_path: Path, data: dict) -> str:
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    name = f"test_eval_{uuid.uuid4().hex[:8]}"
+    register_coco_instances(name, str(tmp_path / "ann.json"), str(tmp_path))
+    return name
+
+
+def _one_box(box: list[float], label: int = 0) -> dict:
+    return {"boxes": torch.tensor([box]), "scores": torch.ones(1), "labels": torch.tensor([label])}
+
+
+def _no_box() -> dict:
+    return {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0).long()}
+
+
+def test_duplicate_annotation_ids_are_refused_before_scoring(tmp_path: Path) -> None:
+    # COCO.anns is keyed by id, so one of the two boxes vanished from the ground truth and
+    # perfect predictions scored AP 50.5 with AP-x = nan.
+    box = {"category_id": 1, "bbox": [8, 8, 20, 20], "area": 400, "iscrowd": 0}
+    data = {
+        "images": [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 64} for i in (1, 2)],
+        "annotations": [{"id": 1, "image_id": 1, **box}, {"id": 1, "image_id": 2, **box}],
+        "categories": [{"id": 1, "name": "x"}],
+    }
+    name = _register(tmp_path, data)
+    with pytest.raises(ValueError, match="annotation id 1 is used by two annotations"):
+        COCOEvaluator(name)
+
+
+def test_same_answer_with_no_prediction_or_one_useless_one(tmp_path: Path) -> None:
+    # Two 20 x 20 ("small") objects of classes 0 (id 3) and 2 (id 9); class 1 (id 7) and the
+    # medium and large sizes have none, so their AP is undefined (NaN) whatever is predicted.
+    # No predictions at all reported 0.0 for those, one useless detection NaN.
+    box = {"bbox": [8, 8, 20, 20], "area": 400, "iscrowd": 0}
+    data = {
+        "images": [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 64} for i in (1, 2)],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 3, **box},
+            {"id": 2, "image_id": 2, "category_id": 9, **box},
+        ],
+        "categories": [{"id": c, "name": f"c{c}"} for c in (3, 7, 9)],
+    }
+    name = _register(tmp_path, data)
+    nan = math.nan
+    expected = {
+        "AP": 0.0, "AP50": 0.0, "AP75": 0.0, "APs": 0.0, "APm": nan, "APl": nan,
+        "AP-c3": 0.0, "AP-c7": nan, "AP-c9": 0.0,
+    }  # fmt: skip
+    useless = _evaluate(name, [_one_box([40.0, 40, 60, 60], label=1), _no_box()])["bbox"]
+    nothing = _evaluate(name, [_no_box(), _no_box()])["bbox"]
+    for bbox in (useless, nothing):
+        assert list(bbox) == list(expected)
+        for key, value in expected.items():
+            assert bbox[key] == value or (math.isnan(value) and math.isnan(bbox[key])), key
+
+
+def test_unmatchable_ground_truth_is_scored_and_named_once(tmp_path: Path, caplog) -> None:
+    # Image 1 is 64 x 48. Besides one ordinary box, the ground truth holds four boxes that no
+    # prediction inside the image can match: zero width, negative height, wholly right of the
+    # image, and a NaN coordinate. A crowd box is an ignore region, never "unmatched".
+    def ann(ann_id: int, bbox: list[float], iscrowd: int = 0) -> dict:
+        return {"id": ann_id, "image_id": 1, "category_id": 1, "bbox": bbox, "iscrowd": iscrowd}
+
+    data = {
+        "images": [{"id": 1, "file_name": "1.jpg", "width": 64, "height": 48}],
+        "annotations": [
+            ann(1, [8, 8, 20, 20]),
+            ann(2, [8, 8, 0, 20]),
+            ann(3, [8, 8, 20, -4]),
+            ann(4, [64, 8, 20, 20]),
+            ann(5, [8, float("nan"), 20, 20]),
+            ann(6, [30, 30, 0, 0], iscrowd=1),
+        ],
+        "categories": [{"id": 1, "name": "x"}],
+    }
+    name = _register(tmp_path, data)
+    with caplog.at_level("WARNING", logger="sqr.evaluation"):
+        bbox = _evaluate(name, [_one_box([8.0, 8, 28, 28])])["bbox"]
+    # COCO's rule, kept: all five non-crowd boxes are ground truth. The one prediction finds
+    # one of them, so precision is 1 up to recall 1/5 and 0 after: the recall points 0, 0.01,
+    # ..., 0.20 (21 of COCO's 101) score 1 at every IoU threshold.
+    assert bbox["AP"] == pytest.approx(100 * 21 / 101)
+    warnings = [r.getMessage() for r in caplog.records if "cannot be matched" in r.getMessage()]
+    assert len(warnings) == 1
+    message = warnings[0]
+    assert str(tmp_path / "ann.json") in message
+    assert "4 ground-truth box(es)" in message and "annotation ids [2, 3, 4, 5]" in message
+    assert "scored as misses" in message
