@@ -33,6 +33,8 @@ from sqr.modeling.converters import convert, detect_format
 from sqr.utils import comm
 from sqr.utils.file_io import write_atomically
 
+from .model_zoo import cached_file_advice
+
 logger = logging.getLogger(__name__)
 
 
@@ -127,9 +129,20 @@ def load_checkpoint_file(filename: str) -> dict[str, Any]:
     """Read a ``.pth``/``.pkl`` file without unpickling arbitrary objects.
 
     Raises:
-        CheckpointFileError: the file is empty, truncated, corrupt or not a checkpoint.
+        CheckpointFileError: the file is empty, truncated, corrupt or not a checkpoint; for a
+            file of the download cache the message gives the command that removes it.
         UnsafeCheckpointError: the file would rebuild objects other than tensors and containers.
     """
+    try:
+        return _read_checkpoint_file(filename)
+    except CheckpointFileError as e:
+        advice = cached_file_advice(filename)
+        if not advice:
+            raise
+        raise CheckpointFileError(f"{e}. {advice}") from e
+
+
+def _read_checkpoint_file(filename: str) -> dict[str, Any]:
     if filename.endswith(".pkl"):
         return load_pickle_weights(filename)
     _check_torch_file(filename)
@@ -142,8 +155,9 @@ def load_checkpoint_file(filename: str) -> dict[str, Any]:
             f"{filename}: not loadable as plain tensors and containers (weights_only=True): "
             f"{str(e).splitlines()[0]}"
         ) from e
-    except (EOFError, RuntimeError, KeyError, ValueError) as e:
-        # What torch.load raises for a damaged zip archive or pickle stream.
+    except (EOFError, RuntimeError, KeyError, ValueError, OSError) as e:
+        # What torch.load raises for a damaged zip archive or pickle stream (OSError: errno 22
+        # from a seek before the start of a small archive cut short).
         raise CheckpointFileError(
             f"{filename} is truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0]})"
         ) from e

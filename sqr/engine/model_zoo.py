@@ -13,8 +13,12 @@ A checkpoint reference (e.g. ``train.init_checkpoint`` in a config) is one of:
 
 The cache is ``$SQR_CACHE`` when set, else ``~/.cache/sqr``; every cache file lies inside it (a
 URL whose host or path would leave it is rejected). Downloads are atomic: the data is written to a
-``.part`` file next to the destination and renamed only once complete and verified, so an
-interrupted or failed download never leaves a file that looks like a checkpoint. A download is
+``.part`` file next to the destination and renamed only once complete and verified (the byte
+count against ``Content-Length``, the SHA-256 where known, and the structure of a zip archive or a
+``.pkl`` pickle, which shows a body cut short even when the server announced no length or a wrong
+one), so an interrupted or failed download never leaves a file that looks like a checkpoint. The
+``.part`` files of a killed download are removed by the next download into their directory once
+they are :data:`STALE_PART_SECONDS` old. A download is
 bounded in time (:data:`DEADLINE`) and size (:data:`MAX_BYTES`), and failures to write the cache
 (read-only directory, full disk) are reported with the URL, the file and what to do.
 
@@ -31,12 +35,15 @@ import hashlib
 import http.client
 import logging
 import os
+import pickletools
 import re
+import shlex
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +56,7 @@ __all__ = [
     "DownloadError",
     "ZooEntry",
     "cache_dir",
+    "cached_file_advice",
     "download",
     "resolve",
 ]
@@ -67,6 +75,9 @@ DEADLINE = 3 * 60 * 60.0
 MAX_BYTES = 4 << 30
 #: Read size of the download loop.
 CHUNK_SIZE = 1 << 20
+#: Age in seconds after which a ``.part`` file is taken for the leftover of a killed download. A
+#: live download writes to its own at least every :data:`TIMEOUT` seconds, or fails.
+STALE_PART_SECONDS = 15 * 60.0
 
 _DETREX_RELEASE = "https://github.com/IDEA-Research/detrex-storage/releases/download/v0.1.0/"
 _SCHEME_SEP = "://"
@@ -208,6 +219,57 @@ def _cache_path(relpath: str | Path, ref: str) -> Path:
     return dest
 
 
+def cached_file_advice(path: str | os.PathLike) -> str:
+    """What to do about a cache file that does not load: the command that removes it.
+
+    Returns:
+        ``""`` when ``path`` is not inside :func:`cache_dir`.
+    """
+    root, real = Path(os.path.realpath(cache_dir())), Path(os.path.realpath(path))
+    if real == root or not real.is_relative_to(root):
+        return ""
+    return (
+        f"It is a cached download: remove it (rm {shlex.quote(os.fspath(path))}) and run again "
+        "to download it afresh"
+    )
+
+
+def _remove_stale_parts(folder: Path) -> None:
+    """Delete the ``.part`` files that downloads killed before their clean-up left in
+    ``folder`` (older than :data:`STALE_PART_SECONDS`; younger ones may be live downloads)."""
+    too_old = time.time() - STALE_PART_SECONDS
+    for part in folder.glob("*.part"):
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove
+            if part.is_file() and part.stat().st_mtime < too_old:
+                part.unlink()
+                logger.info("Removed %s, left by an interrupted download", part)
+
+
+def _check_structure(path: Path, dest: Path) -> str | None:
+    """Why the file at ``path`` (to become ``dest``) is not a complete checkpoint, or ``None``.
+
+    A zip archive (``torch.save``'s format) must have its central directory, which comes last;
+    a ``.pkl`` file must be a pickle stream that reaches its STOP opcode. Other contents are not
+    judged here (loading them names any problem).
+    """
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path):
+                return None
+        except (zipfile.BadZipFile, OSError) as e:
+            return f"it is not a whole zip archive ({e})"
+    if dest.suffix == ".pkl":
+        try:
+            with open(path, "rb") as f:
+                for _ in pickletools.genops(f):  # reads opcodes only; builds no object
+                    pass
+        except (ValueError, EOFError) as e:
+            return f"it is not a whole pickle stream ({e})"
+    return None
+
+
 def _by_hand(url: str, dest: Path) -> str:
     return f"To download it yourself, fetch {url} and save it as {dest}"
 
@@ -260,8 +322,9 @@ def download(
 
     Raises:
         ValueError: ``deadline`` or ``max_bytes`` is not positive.
-        DownloadError: On HTTP/network errors, a body shorter than its ``Content-Length``, an
-            HTML page instead of a file, a hash mismatch, a download that overruns ``deadline``
+        DownloadError: On HTTP/network errors, a body shorter than its ``Content-Length``, a
+            zip archive or ``.pkl`` pickle cut short (whatever the length said), an HTML page
+            instead of a file, a hash mismatch, a download that overruns ``deadline``
             or ``max_bytes``, or a failure to write ``dest``'s directory (read-only, full). The
             message names the URL and ``dest``, where the file can be placed by hand.
     """
@@ -276,6 +339,7 @@ def download(
     dest = Path(dest)
     with _local_writes(url, dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(dest.parent)
     hand = _by_hand(url, dest)
     request = urllib.request.Request(url, headers={"User-Agent": "sqr-model-zoo"})
     logger.info("Downloading %s to %s", url, dest)
@@ -361,6 +425,13 @@ def download(
             if sha256 is not None and actual != sha256.lower():
                 raise DownloadError(
                     f"SHA-256 mismatch for {url}: expected {sha256.lower()}, got {actual}. {hand}"
+                )
+            broken = _check_structure(tmp_path, dest)
+            if broken is not None:
+                # The server announced no length, or one shorter than the file.
+                raise DownloadError(
+                    f"Download of {url} is incomplete: {received} bytes arrived, but {broken}. "
+                    f"{hand}"
                 )
             with _local_writes(url, dest):
                 # NamedTemporaryFile creates mode 0600; a shared cache should stay readable.

@@ -198,6 +198,20 @@ def test_broken_files_are_named(tmp_path: Path, content, message) -> None:
     assert "weights_only=False" not in str(info.value)  # never advise unsafe unpickling
 
 
+def test_every_truncation_of_a_small_checkpoint_is_named(tmp_path: Path) -> None:
+    # Small zip archives cut short fail inside torch.load with a bare OSError (errno 22, the
+    # reader seeking before the start of the file) rather than the RuntimeError of large ones.
+    whole = tmp_path / "whole.pth"
+    torch.save({"model": {"w": torch.zeros(15_000)}}, whole)  # 60 KB
+    data = whole.read_bytes()
+    path = tmp_path / "cut.pth"
+    for end in range(8, len(data), max(1, len(data) // 40)):  # past the 4-byte zip magic
+        path.write_bytes(data[:end])
+        with pytest.raises(CheckpointFileError, match="truncated or corrupt") as info:
+            load_checkpoint_file(str(path))
+        assert str(path) in str(info.value), end
+
+
 def test_load_requiring_every_tensor_refuses_before_touching_the_model(tmp_path: Path) -> None:
     trained = Tiny(width=3)
     torch.save({"model": {**trained.state_dict(), "b.weight": torch.zeros(1, 4)}}, tmp_path / "w")

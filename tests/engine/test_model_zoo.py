@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
+import pickle
 import re
+import shlex
 import tempfile
 import threading
 import time
@@ -15,13 +18,29 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 import pytest
+import torch
 
 from sqr.engine import model_zoo
+from sqr.engine.checkpoint import CheckpointFileError, load_checkpoint_file
 from sqr.engine.model_zoo import DownloadError, ZooEntry
 
 PAYLOAD = os.urandom(200_000)
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+def _torch_bytes() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"model": {"w": torch.arange(20_000, dtype=torch.float32)}}, buffer)
+    return buffer.getvalue()
+
+
+#: Real checkpoints, served under /full/, /short/ and /cut/ (see _Handler).
+CHECKPOINT_BYTES = {
+    ".pth": _torch_bytes(),  # a zip archive
+    ".pkl": pickle.dumps({"model": {"w": np.arange(20_000, dtype=np.float32)}}, protocol=2),
+}
 #: /trickle.bin sends this many bytes, one every TRICKLE_GAP seconds (3 s in all), so that
 #: the server thread always ends by itself even if the client never hangs up.
 TRICKLE_BYTES = 30
@@ -47,7 +66,19 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - name fixed by BaseHTTPRequestHandler
         self.requests.append(self.path)
         path = self.path.split("?", 1)[0]
-        if path.endswith("/truncated.bin"):
+        if path.startswith(("/full/", "/short/", "/cut/")):
+            # A real checkpoint; /short/ announces a Content-Length 1000 bytes below its size
+            # (the client stops there), /cut/ sends no Content-Length and closes half-way.
+            body = CHECKPOINT_BYTES[os.path.splitext(path)[1]]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            if not path.startswith("/cut/"):
+                short = 1000 if path.startswith("/short/") else 0
+                self.send_header("Content-Length", str(len(body) - short))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2] if path.startswith("/cut/") else body)
+            self.close_connection = True
+        elif path.endswith("/truncated.bin"):
             # Promise more bytes than are sent, then drop the connection.
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
@@ -77,7 +108,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(PAYLOAD)
         elif path.endswith("/page.html"):
             self._send(b"<html>confirm download</html>", "text/html; charset=utf-8")
-        elif path.endswith(".bin") or path.endswith(".pkl") or path.endswith("/uc"):
+        elif path.endswith(".pkl"):  # checked as a pickle stream: random bytes would fail
+            self._send(CHECKPOINT_BYTES[".pkl"], "application/octet-stream")
+        elif path.endswith(".bin") or path.endswith("/uc"):
             self._send(PAYLOAD, "application/octet-stream")
         else:
             self.send_error(404, "Not Found")
@@ -247,7 +280,7 @@ def test_detectron2_prefix_override(
 ) -> None:
     monkeypatch.setattr(model_zoo, "DETECTRON2_PREFIX", f"{server.base}/d2/")
     out = model_zoo.resolve("detectron2://ImageNetPretrained/torchvision/R-50.pkl", progress=False)
-    assert Path(out).read_bytes() == PAYLOAD
+    assert Path(out).read_bytes() == CHECKPOINT_BYTES[".pkl"]
     assert server.requests == ["/d2/ImageNetPretrained/torchvision/R-50.pkl"]
 
     monkeypatch.setenv("SQR_DETECTRON2_PREFIX", f"{server.base}/env")  # no trailing slash
@@ -303,6 +336,54 @@ def test_bad_urls(ref: str, cache: Path) -> None:
 
 def _parts(root: Path) -> list[Path]:
     return sorted(root.rglob("*.part"))
+
+
+@pytest.mark.parametrize("name", ["model.pth", "R-50.pkl"])
+def test_complete_checkpoints_are_cached(name: str, server: Server, cache: Path) -> None:
+    out = model_zoo.resolve(f"{server.base}/full/{name}", progress=False)
+    assert Path(out).read_bytes() == CHECKPOINT_BYTES[os.path.splitext(name)[1]]
+    assert load_checkpoint_file(out)["model"]["w"][-1] == 19_999
+
+
+@pytest.mark.parametrize("how", ["short", "cut"])
+@pytest.mark.parametrize("name", ["model.pth", "R-50.pkl"])
+def test_a_checkpoint_cut_short_is_not_cached(
+    how: str, name: str, server: Server, cache: Path
+) -> None:
+    # The byte count matches what the server announced (or it announced nothing): only the
+    # file's own structure shows that it is incomplete.
+    url = f"{server.base}/{how}/{name}"
+    for attempt in (1, 2):  # nothing is cached, so a retry downloads again
+        with pytest.raises(DownloadError, match="incomplete") as info:
+            model_zoo.resolve(url, progress=False)
+        assert url in str(info.value)
+        assert _files(cache) == []
+        assert server.requests == [f"/{how}/{name}"] * attempt
+
+
+def test_stale_part_files_are_removed_by_the_next_download(server: Server, cache: Path) -> None:
+    port = server.base.rsplit(":", 1)[1]
+    folder = cache / f"127.0.0.1_{port}"
+    folder.mkdir(parents=True)
+    stale, live = folder / "other.pth.k9x2.part", folder / "file.bin.a1b2.part"
+    stale.write_bytes(b"left by a kill -9")
+    live.write_bytes(b"another process is writing this one")
+    old = time.time() - model_zoo.STALE_PART_SECONDS - 60
+    os.utime(stale, (old, old))
+    model_zoo.resolve(f"{server.base}/file.bin", progress=False)
+    assert not stale.exists()
+    assert live.exists()
+
+
+def test_a_cached_file_that_fails_to_load_says_how_to_remove_it(
+    server: Server, cache: Path
+) -> None:
+    url = f"{server.base}/full/model.pth"
+    path = Path(model_zoo.resolve(url, progress=False))
+    path.write_bytes(CHECKPOINT_BYTES[".pth"][:30_000])  # damaged after the download
+    with pytest.raises(CheckpointFileError, match="truncated or corrupt") as info:
+        load_checkpoint_file(model_zoo.resolve(url, progress=False))
+    assert f"rm {shlex.quote(str(path))}" in str(info.value)
 
 
 def test_deadline_stops_trickling_server(server: Server, cache: Path) -> None:
