@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sqr.config import LazyConfig, experiment_config_file
 from sqr.data.catalog import get_metadata
@@ -247,6 +248,90 @@ def check_train_options(train: DictConfig) -> None:
         max_norm = _option(train, "clip_grad.params.max_norm")
         if isinstance(max_norm, bool) or not isinstance(max_norm, int | float) or max_norm <= 0:
             raise ValueError(f"train.clip_grad.params.max_norm must be positive, got {max_norm!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_list_of(check: Callable[[Any], bool], length: int | None = None) -> Callable[[Any], bool]:
+    def is_list(value: Any) -> bool:
+        return (
+            isinstance(value, Sequence)
+            and not isinstance(value, str)
+            and (length is None or len(value) == length)
+            and all(check(item) for item in value)
+        )
+
+    return is_list
+
+
+# Numeric keys of optimizers and schedules (torch.optim, get_default_optimizer_params, LRSchedule,
+# fvcore schedulers), wherever they appear in optimizer.* or lr_multiplier.*.
+_OPTIMIZER_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{
+        key: (_is_number, "a non-negative number")
+        for key in (
+            "lr",
+            "base_lr",
+            "weight_decay",
+            "weight_decay_norm",
+            "momentum",
+            "dampening",
+            "eps",
+            "warmup_factor",
+            "warmup_length",
+            "gamma",
+            "start_value",
+            "end_value",
+        )
+    },
+    "warmup_iters": (_is_count, "a non-negative integer"),
+    "num_updates": (lambda v: _is_count(v) and v > 0, "a positive integer"),
+    "betas": (_is_list_of(_is_number, 2), "a list of 2 numbers"),
+    "values": (_is_list_of(_is_number), "a list of non-negative numbers"),
+    "milestones": (_is_list_of(_is_count), "a list of non-negative integers"),
+}
+
+
+def check_optimizer_options(cfg: DictConfig) -> None:
+    """Refuse numeric ``optimizer.*`` and ``lr_multiplier.*`` values of the wrong type or range
+    (``optimizer.lr=abc``, ``optimizer.lr=[1,2]``, ``lr_multiplier.warmup_iters=1.5``), naming
+    the key and the value, before anything is built from them.
+
+    Interpolations (``base_lr="${..lr}"``) are not checked themselves: the key they copy is.
+
+    Raises:
+        ValueError: the first bad value found.
+    """
+
+    def check(node: DictConfig, prefix: str) -> None:
+        for key in node:
+            if OmegaConf.is_interpolation(node, key):
+                continue
+            value = node[key]
+            if isinstance(value, DictConfig):
+                check(value, f"{prefix}.{key}")
+            elif key in _OPTIMIZER_CHECKS:
+                is_valid, expected = _OPTIMIZER_CHECKS[key]
+                if not is_valid(value):
+                    # As typed on the command line: a list (OmegaConf may hold it as a tuple).
+                    listed = isinstance(value, Sequence) and not isinstance(value, str)
+                    shown = list(value) if listed else value
+                    raise ValueError(f"{prefix}.{key} must be {expected}, got {shown!r}")
+
+    for section in ("optimizer", "lr_multiplier"):
+        if isinstance(cfg.get(section), DictConfig):
+            check(cfg[section], section)
 
 
 def check_num_classes(model: torch.nn.Module, dataset: Any) -> None:

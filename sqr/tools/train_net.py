@@ -42,6 +42,8 @@ from sqr.engine import (
     load_trained_weights,
     restore_rng_state,
 )
+from sqr.engine.compile import compile_options
+from sqr.engine.defaults import check_optimizer_options
 from sqr.evaluation import inference_on_dataset
 from sqr.utils import comm
 from sqr.utils.events import CommonMetricPrinter, JSONWriter, TensorboardWriter
@@ -89,6 +91,7 @@ def max_iterations(cfg: DictConfig, loader) -> int:
 def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
     """Train ``model`` in place, resuming from ``train.output_dir`` with ``--resume``."""
     check_train_options(cfg.train)
+    check_optimizer_options(cfg)
     check_num_classes(model, cfg.dataloader.train.dataset)
     model.train()
     cfg.optimizer.params.model = model
@@ -108,6 +111,7 @@ def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
         clip_grad_max_norm=clip.params.max_norm if clip.enabled else None,
         clip_grad_norm_type=clip.params.norm_type,
         log_period=cfg.train.log_period,
+        compile_options=compile_options(cfg.train.get("compile", False)),
     )
     checkpointer = DetectionCheckpointer(
         model,

@@ -116,6 +116,37 @@ def test_bad_train_settings_name_key_and_value(
     assert not list(tmp_path.glob("model_*.pth"))
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr=abc", "optimizer.lr must be a non-negative number, got 'abc'"),
+        ("optimizer.lr=[1,2]", "optimizer.lr must be a non-negative number, got [1, 2]"),
+        ("optimizer.lr=-0.1", "optimizer.lr must be a non-negative number, got -0.1"),
+        ("optimizer.weight_decay=True", "optimizer.weight_decay must be a non-negative number"),
+        ("optimizer.betas=[0.9]", "optimizer.betas must be a list of 2 numbers, got [0.9]"),
+        (
+            "lr_multiplier.warmup_iters=1.5",
+            "lr_multiplier.warmup_iters must be a non-negative integer, got 1.5",
+        ),
+        (
+            "lr_multiplier.scheduler.milestones=[x]",
+            "lr_multiplier.scheduler.milestones must be a list of non-negative integers, got ['x']",
+        ),
+        (
+            "lr_multiplier.scheduler.values=[1,a]",
+            "lr_multiplier.scheduler.values must be a list of non-negative numbers, got [1, 'a']",
+        ),
+    ],
+)
+def test_bad_optimizer_and_schedule_settings_name_key_and_value(
+    train_net, datasets_dir, tmp_path: Path, override: str, message: str
+) -> None:
+    escaped = message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+    with pytest.raises(ValueError, match=escaped):
+        run_standin(train_net, tmp_path, override)
+    assert not list(tmp_path.glob("model_*.pth"))
+
+
 def test_eval_only_refuses_a_checkpoint_of_another_model(
     train_net, datasets_dir, tmp_path: Path
 ) -> None:
