@@ -171,7 +171,7 @@ class Predictor:
         self.model = model.to(self.device).eval()
 
     def _model_input(self, image: ImageInput) -> dict[str, Any]:
-        """Decode and transform one image into the model's input dict (see DESIGN.md)."""
+        """Decode and transform one image into the model's input dict, as the test mapper does."""
         tensor = _to_tensor(image)
         resized = self.transform({"image": tv_tensors.Image(tensor)})["image"]
         # The model reports boxes in height x width: the original image's pixels.

@@ -1,6 +1,7 @@
 """Stage-wise analysis: per-stage AP, TP fading rate, FP exacerbation rate, oracle AP.
 
-The paper's observation (PAPER.md section 3): a decoder often predicts an object correctly at an
+The observation of Chen et al., "Enhanced Training of Query-Based Object Detection via Selective
+Query Recollection" (CVPR 2023, introduction): a decoder often predicts an object correctly at an
 intermediate stage and worse at the last one. All definitions follow the same query across
 stages. ``P[q, s]`` is query ``q``'s prediction at stage ``s`` (``s = 0 .. S-1``, ``S-1`` the
 final output) as :func:`sqr.evaluation.stages.query_predictions` defines it: the query's top

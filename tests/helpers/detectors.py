@@ -1,5 +1,6 @@
 """The real detectors at test size: building them, their input batches, and the checks of the
-detector contract (DESIGN.md) that every detector's tests run."""
+detector contract (:class:`sqr.modeling.detectors.base.QueryDetector`) that every detector's
+tests run."""
 
 from __future__ import annotations
 

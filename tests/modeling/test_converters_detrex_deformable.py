@@ -251,7 +251,7 @@ def test_unknown_key_is_named(variant: str, bad_key: str) -> None:
 
 
 def test_detect_format_tells_detrex_dab_from_deformable() -> None:
-    # A slice of detrex DAB-DETR's keys (REFERENCE 4.1): transformer.* without level_embeds,
+    # A slice of detrex DAB-DETR's keys: transformer.* without level_embeds,
     # and a transformer.decoder.bbox_embed that is not a per-layer list.
     dab = {
         "backbone.stem.conv1.weight": torch.zeros(1),

@@ -1,4 +1,5 @@
-"""mmdet AdaMixer / SQR-AdaMixer checkpoints: the full key sets (REFERENCE 4.3) load exactly."""
+"""mmdet AdaMixer / SQR-AdaMixer checkpoints: the full key sets (Fangyi-Chen/SQR) load
+exactly."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def mmdet_adamixer_state(
     out_points: int = 128,
     device: str = "meta",
 ) -> dict[str, torch.Tensor]:
-    """An mmdet ``QueryBased`` AdaMixer state_dict, names and shapes as REFERENCE 4.3 lists them
+    """An mmdet ``QueryBased`` AdaMixer state_dict, names and shapes as the SQR release saves them
     (e.g. ``parameter_generator`` [4 * (64 * 64 + 32 * 128) = 32768, 256] at full size)."""
 
     def t(*shape: int) -> torch.Tensor:
@@ -120,7 +121,7 @@ def shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
 )
 def test_full_key_set_converts_exactly(config: str, kwargs: dict) -> None:
     source = mmdet_adamixer_state(**kwargs)
-    # REFERENCE 4.3's full-size shapes.
+    # The SQR release's full-size shapes.
     mixing = "roi_head.bbox_head.0.sampling_n_mixing.adaptive_mixing."
     assert source[mixing + "parameter_generator.0.weight"].shape == (32768, 256)
     assert source[mixing + "out_proj.weight"].shape == (256, 32768)

@@ -1,5 +1,6 @@
 """mmdet Deformable-DETR checkpoints and torchvision ResNet weights -> sqr, on synthesised key
-sets written out here from the published layouts (REFERENCE 4.2), not from the converters."""
+sets written out here from the published layouts (Fangyi-Chen/SQR at b576a6e), not from the
+converters."""
 
 from __future__ import annotations
 
@@ -69,8 +70,8 @@ def torchvision_r50_state(make: Callable[..., torch.Tensor], prefix: str = "") -
 def mmdet_deformable_state(
     make: Callable[..., torch.Tensor], shared_heads: bool = True, two_stage: bool = False
 ) -> dict:
-    """mmdet DeformableDETR (REFERENCE 4.2): the SQR release has shared heads, saved once per
-    decoder layer; refinement has distinct heads; two-stage adds a head and proposal layers."""
+    """mmdet DeformableDETR of the SQR release: shared heads, saved once per decoder layer;
+    refinement has distinct heads; two-stage adds a head and proposal layers."""
     state = torchvision_r50_state(make, prefix="backbone.")
     for i, c_in in enumerate((512, 1024, 2048)):
         state[f"neck.convs.{i}.conv.weight"] = make(D, c_in, 1, 1)

@@ -202,7 +202,8 @@ def test_inference_contract() -> None:
 
 
 def test_recipe_optimizer_groups_and_batch() -> None:
-    # REFERENCE 2.1: AdamW 2e-4, x0.1 for backbone / sampling_offsets / reference_points,
+    # Fangyi-Chen/SQR configs/sqr/deformable_detr_SQR_r50_50e_coco.py:
+    # AdamW 2e-4, x0.1 for backbone / sampling_offsets / reference_points,
     # weight decay 1e-4 on every parameter, clip 0.1, total batch 32, 50 epochs.
     cfg = LazyConfig.load(str(CONFIGS / VARIANTS["plain"]))
     LazyConfig.apply_overrides(cfg, TINY_DEFORMABLE_DETR)

@@ -1,4 +1,4 @@
-"""The recollection schedule against DESIGN.md's group counts and the official slices."""
+"""The recollection schedule against the paper's group counts and the official slices."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 
 from sqr.modeling.sqr import RecollectionSchedule
 
-# DESIGN.md: groups per stage for 6 stages, selective from stage k = 1..5, and dense.
+# Groups per stage for 6 stages (Chen et al., CVPR 2023), selective from stage k = 1..5, and
+# dense.
 SELECTIVE = {
     1: ((1, 2, 3, 5, 8, 13), 32),
     2: ((1, 1, 2, 3, 5, 8), 20),

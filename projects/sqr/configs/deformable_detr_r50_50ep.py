@@ -1,4 +1,5 @@
-# Deformable-DETR R50, 50 epochs, the recipe of the SQR release (REFERENCE 2.1, mmdet 2.12;
+# Deformable-DETR R50, 50 epochs, the recipe of the SQR release (Fangyi-Chen/SQR
+# configs/sqr/deformable_detr_SQR_r50_50e_coco.py, mmdet 2.12;
 # SQR-Deformable-DETR reaches 45.8 box AP on COCO val2017 with it).
 # Train: tools/train_net.py --num-gpus 8 \
 #     --config-file projects/sqr/configs/deformable_detr_r50_50ep.py

@@ -1,7 +1,7 @@
 """mmdet AdaMixer / SQR-AdaMixer checkpoints -> :class:`~sqr.modeling.detectors.AdaMixer` names.
 
-mmdet (2.12, the SQR release; ``{'meta', 'state_dict'}``, keys in REFERENCE 4.3) builds AdaMixer
-as a two-stage detector: the query generator is ``rpn_head``, the decoder stages are
+mmdet (2.12, the SQR release, Fangyi-Chen/SQR at b576a6e; ``{'meta', 'state_dict'}``) builds
+AdaMixer as a two-stage detector: the query generator is ``rpn_head``, the decoder stages are
 ``roi_head.bbox_head.{s}``. Plain, SQR and SQR "optimize" checkpoints share these keys. The
 table below, applied in order by :func:`~sqr.modeling.converters.detectron2.apply_rules`, is the
 complete map (``{s}`` a stage index, ``X`` the rest of the key, ``S`` =

@@ -1,6 +1,6 @@
 """mmdet Deformable-DETR / SQR-Deformable-DETR checkpoints, and torchvision ResNet weights.
 
-mmdet (2.12, the SQR release; ``{'meta', 'state_dict'}``, keys in REFERENCE 4.2) nests the
+mmdet (2.12, the SQR release, Fangyi-Chen/SQR at b576a6e; ``{'meta', 'state_dict'}``) nests the
 transformer in the head (``bbox_head.transformer.``) and names blocks by container
 (``attentions.N``, ``ffns.0``, ``norms.N``); our :class:`~sqr.modeling.detectors.DeformableDETR`
 names modules by role. mmdet's ResNet already uses torchvision's names. The tables below,

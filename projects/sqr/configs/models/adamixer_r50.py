@@ -1,4 +1,5 @@
-# AdaMixer R50 as the SQR fork of mmdet builds it (REFERENCE 3.1): ResNet C2-C5, 1x1 channel
+# AdaMixer R50 as the SQR fork of mmdet builds it (Fangyi-Chen/SQR
+# configs/sqr/adamixer_SQR_r50_1x_coco.py): ResNet C2-C5, 1x1 channel
 # mapping with one shared GroupNorm, 100 whole-image queries, 6 stages with unshared parameters,
 # focal 2 / L1 5 (normalised xyxy) / GIoU 2 for both matching and loss. The recollection
 # schedule is the only thing SQR configs change.

@@ -1,5 +1,7 @@
-# DAB-DETR R50 as detrex builds it (REFERENCE 1.1): res5 only, 300 anchor queries, 6 + 6 layers,
-# PReLU FFNs, shared heads. The recollection schedule is the only thing SQR configs change.
+# DAB-DETR R50 as detrex builds it (detrex projects/dab_detr, which
+# projects/sqr_detr/configs/models/dab_detr_r50_sqr.py uses): res5 only, 300 anchor queries,
+# 6 + 6 layers, PReLU FFNs, shared heads. The recollection schedule is the only thing SQR
+# configs change.
 from sqr.config import LazyCall as L
 from sqr.layers.position_encoding import PositionEmbeddingSine
 from sqr.modeling.backbone import ResNet
