@@ -195,19 +195,19 @@ def msda_inputs(
     points: int,
     shapes: Sequence[tuple[int, int]],
     device: str,
-) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Seeded value maps [B*M, D, H_l, W_l], locations [B, N, M, L, P, 2] (10% beyond each
+) -> tuple[torch.Tensor, list[tuple[int, int]], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded value [B, S, M, D], the level shapes, locations [B, N, M, L, P, 2] (10% beyond each
     border, so some samples read the zero padding), softmax weights [B, N, M, L, P] and an output
     gradient [B, N, M*D]."""
     gen = torch.Generator().manual_seed(0)
     levels = len(shapes)
-    maps = [torch.randn(batch * heads, dim, h, w, generator=gen) for h, w in shapes]
+    value = torch.randn(batch, sum(h * w for h, w in shapes), heads, dim, generator=gen)
     locations = torch.rand(batch, queries, heads, levels, points, 2, generator=gen) * 1.2 - 0.1
     logits = torch.randn(batch, queries, heads, levels * points, generator=gen)
     weights = logits.softmax(-1).view(batch, queries, heads, levels, points)
     grad_out = torch.randn(batch, queries, heads * dim, generator=gen)
     tensors = (locations, weights, grad_out)
-    return [m.to(device) for m in maps], *(t.to(device) for t in tensors)
+    return value.to(device), list(shapes), *(t.to(device) for t in tensors)
 
 
 def msda_forward_backward(
@@ -218,11 +218,11 @@ def msda_forward_backward(
 
     Returns:
         The seconds of each timed pass; the peak memory above what was held before a pass (MB,
-        CUDA only); the last pass's output and the gradients of the value maps (flattened
-        together), the locations and the weights.
+        CUDA only); the last pass's output and the gradients of the value, the locations and
+        the weights.
     """
-    maps, locations, weights, grad_out = inputs
-    leaves = [t.detach().requires_grad_() for t in (*maps, locations, weights)]
+    value, shapes, locations, weights, grad_out = inputs
+    leaves = [t.detach().requires_grad_() for t in (value, locations, weights)]
     times, peak = [], None
     for i in range(iters + 1):
         for leaf in leaves:
@@ -232,7 +232,7 @@ def msda_forward_backward(
             torch.cuda.reset_peak_memory_stats()
             held = torch.cuda.memory_allocated()
         start = time.perf_counter()
-        out = sample(leaves[:-2], *leaves[-2:])
+        out = sample(leaves[0], shapes, *leaves[1:])
         out.backward(grad_out)
         synchronize(device)
         if i:
@@ -240,7 +240,7 @@ def msda_forward_backward(
         if device == "cuda":
             peak = (torch.cuda.max_memory_allocated() - held) / MB
     grads = [leaf.grad for leaf in leaves]
-    return times, peak, (out.detach(), torch.cat([g.flatten() for g in grads[:-2]]), *grads[-2:])
+    return times, peak, (out.detach(), *grads)
 
 
 # ---------------------------------------------------------------------------- equivalence

@@ -14,7 +14,7 @@ report lists it):
   differences of the output and the three gradients.
 * ``equivalence``: per detector, on the device in float32 (TF32 off) without dropout: SQR's eval
   outputs equal the plain detector's with the same weights; in training, the last group of each
-  SQR stage (the baseline chain, DESIGN.md) equals the plain decoder's stage; checkpointing the
+  SQR stage (the plain chain) equals the plain decoder's stage; checkpointing the
   recollected groups changes neither losses nor gradients.
 * ``train_step``: per detector, baseline and SQR, one training step (forward, backward, AdamW)
   in fp32, TF32 and bf16 autocast, after one untimed warm-up step, with the synchronisations that
@@ -34,6 +34,7 @@ Exit status: 0 when every check that ran passed, 1 when one failed or raised, 2 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
@@ -215,12 +216,16 @@ def section_msda(ctx: Context) -> None:
     heads, dim, points = (2, 4, 2) if args.tiny else (8, 32, 4)
     pixels = sum(h * w for h, w in shapes)
     iters = 1 if args.tiny else 3
-    paths = {"pure": ms_deform_attn.ms_deform_attn_sample_pytorch}
-    fast = ms_deform_attn._triton_sampler() if args.device == "cuda" else None
+    paths = {"pure": functools.partial(ms_deform_attn.ms_deform_attn_sample, backend="pytorch")}
+    fast, why = None, "not on CUDA"
+    if args.device == "cuda":
+        value, _, locations, _, _ = checks.msda_inputs(1, heads, dim, 1, points, shapes, "cuda")
+        why = ms_deform_attn.why_not_triton(value, locations)
+        if why is None:
+            fast = functools.partial(ms_deform_attn.ms_deform_attn_sample, backend="triton")
     if fast is not None:
         paths["triton"] = fast
     else:
-        why = "not on CUDA" if args.device != "cuda" else "triton does not import"
         report.skipped.append(f"msda: the Triton fast path ({why}); the pure path alone is timed")
     report.add(
         f"{args.batch_size} images, levels {shapes} (strides 8-64), {heads} heads x {dim} "

@@ -7,11 +7,23 @@ point at a time, so it shares no code with the module's ``grid_sample`` path.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from helpers.tiny import TINY_DEFORMABLE_DETR, TINY_DINO
+from torch import nn
 
-from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention, ms_deform_attn_sample
+from sqr.config import LazyConfig, instantiate
+from sqr.layers import ms_deform_attn
+from sqr.layers.ms_deform_attn import (
+    MultiScaleDeformableAttention,
+    ms_deform_attn_sample,
+    resolve_backend,
+    set_backend,
+)
 
+ROOT = Path(__file__).resolve().parents[2]
 SHAPES = [(6, 9), (3, 5), (2, 2)]  # non-square levels, finest first
 HEADS, POINTS, CHANNELS = 2, 3, 8
 
@@ -163,10 +175,11 @@ def test_padding_is_never_read() -> None:
 
 
 def test_locations_outside_the_map_read_zero() -> None:
-    value_map = torch.ones(1, 1, 2, 3)  # one head, one channel
+    value = torch.ones(1, 6, 1, 1)  # a 2x3 map, one head, one channel
     locations = torch.tensor([-0.5, 0.5, 1.5, 0.5]).view(1, 2, 1, 1, 1, 2)  # left, right of it
     weights = torch.ones(1, 2, 1, 1, 1)
-    assert torch.equal(ms_deform_attn_sample([value_map], locations, weights), torch.zeros(1, 2, 1))
+    out = ms_deform_attn_sample(value, [(2, 3)], locations, weights)
+    assert torch.equal(out, torch.zeros(1, 2, 1))
 
 
 def test_autocast_samples_in_float32() -> None:
@@ -176,9 +189,63 @@ def test_autocast_samples_in_float32() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         maps = module.project_value(value, SHAPES, padding)
         out = module(query, maps, reference, query_pos)
-    assert all(m.dtype == torch.float32 for m in maps)
+    # The value stays in the projection's dtype (read once, upcast where it is sampled).
+    assert maps.value.dtype == torch.bfloat16
     # Only the bf16 projections differ from the float32 run; the sampling itself did not.
     assert relative_error(out.float(), expected) < 5e-2
+
+
+def test_project_value_keeps_the_projection_layout() -> None:
+    # [B, S, C] viewed as [B, S, M, D]: the projection's own storage, no copy.
+    module = make_module()
+    _, value, _, padding, _ = make_inputs(6, 2)
+    projected = module.project_value(value, SHAPES, None)
+    assert projected.value.shape == (2, value.shape[1], HEADS, CHANNELS // HEADS)
+    assert projected.value.is_contiguous()
+    assert projected.spatial_shapes == tuple(SHAPES)
+    assert torch.equal(projected.value.flatten(2), module.value_proj(value))
+
+
+def test_backend_argument_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SQR_MSDA", raising=False)
+    assert resolve_backend(None) == "auto"
+    monkeypatch.setenv("SQR_MSDA", "pytorch")
+    assert resolve_backend(None) == "pytorch"
+    assert resolve_backend("triton") == "triton"
+    assert MultiScaleDeformableAttention(8, 2, 1, 1).backend == "pytorch"
+    assert MultiScaleDeformableAttention(8, 2, 1, 1, backend="auto").backend == "auto"
+    monkeypatch.setenv("SQR_MSDA", "cuda")
+    with pytest.raises(ValueError, match="SQR_MSDA='cuda': choose one of auto, triton, pytorch"):
+        resolve_backend(None)
+    with pytest.raises(ValueError, match="backend='fast'"):
+        MultiScaleDeformableAttention(8, 2, 1, 1, backend="fast")
+
+
+def test_set_backend_reaches_every_layer() -> None:
+    model = nn.Sequential(
+        MultiScaleDeformableAttention(8, 2, 1, 1, backend="auto"),
+        nn.Sequential(MultiScaleDeformableAttention(8, 2, 1, 1, backend="auto")),
+    )
+    assert set_backend(model, "pytorch") == 2
+    assert [m.backend for m in (model[0], model[1][0])] == ["pytorch", "pytorch"]
+    with pytest.raises(ValueError, match="backend='gpu'"):
+        set_backend(model, "gpu")
+
+
+def test_the_pytorch_backend_never_looks_for_triton(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Even where auto would try the kernels (the interpreter flag), "pytorch" does not.
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+    def looked_up(*args):
+        raise AssertionError("the Triton path was considered")
+
+    monkeypatch.setattr(ms_deform_attn, "why_not_triton", looked_up)
+    module = make_module()
+    module.backend = "pytorch"
+    query, value, reference, padding, query_pos = make_inputs(4, 2)
+    out = module(query, module.project_value(value, SHAPES, padding), reference, query_pos)
+    expected = reference_msda(module, query, value, reference, padding, query_pos)
+    assert relative_error(out, expected) <= 1e-5
 
 
 def test_shape_errors_name_the_problem() -> None:
@@ -189,3 +256,24 @@ def test_shape_errors_name_the_problem() -> None:
     maps = module.project_value(value, SHAPES, padding)
     with pytest.raises(ValueError, match="whole number"):
         module(query, maps, reference[:, :4], query_pos)
+
+
+@pytest.mark.parametrize(
+    ("config", "tiny"),
+    [
+        ("deformable_detr_r50_50ep.py", TINY_DEFORMABLE_DETR),
+        ("dino_r50_4scale_12ep.py", TINY_DINO),
+    ],
+)
+def test_the_config_key_sets_every_layer(monkeypatch: pytest.MonkeyPatch, config, tiny) -> None:
+    # model.msda_backend wins over $SQR_MSDA, which the layers read when nothing is set.
+    monkeypatch.setenv("SQR_MSDA", "triton")
+    cfg = LazyConfig.load(str(ROOT / "projects/sqr/configs" / config))
+    default = instantiate(LazyConfig.apply_overrides(cfg, list(tiny)).model)
+    chosen = instantiate(
+        LazyConfig.apply_overrides(cfg, [*tiny, "model.msda_backend=pytorch"]).model
+    )
+    for model, expected in ((default, "triton"), (chosen, "pytorch")):
+        layers = [m for m in model.modules() if isinstance(m, MultiScaleDeformableAttention)]
+        assert len(layers) == 8  # the tiny encoder's 2 layers and the recipe's 6 decoder ones
+        assert {m.backend for m in layers} == {expected}

@@ -1,6 +1,6 @@
 """Deformable-DETR (Zhu et al., ICLR 2021) with Selective Query Recollection in training.
 
-Reproduces the SQR recipe's mmdet 2.12 Deformable-DETR (REFERENCE 2.1; ``DeformableDETRHead`` and
+Reproduces the SQR recipe's mmdet 2.12 Deformable-DETR (``DeformableDETRHead`` and
 ``DeformableDetrTransformer`` of Fangyi-Chen/SQR at b576a6e): C3-C5 plus a stride-64 level, sine
 positions with offset -0.5 plus level embeddings, 300 queries from ``Embedding(300, 512)``
 split into position and content, 2-d reference points, shared heads, top-100 inference over
@@ -29,7 +29,7 @@ from torch import nn
 
 from sqr.layers.box_ops import refine_boxes
 from sqr.layers.mlp import MLP
-from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention
+from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention, set_backend
 from sqr.modeling.criterion import LOSS_NAMES, SetCriterion
 from sqr.modeling.neck import ChannelMapper
 from sqr.modeling.sqr import RecollectionSchedule
@@ -60,6 +60,9 @@ class DeformableDETR(QueryDetector):
             masks the padding.
         drop_empty_boxes: drop the eval boxes that clipping to the image empties (detrex, through
             detectron2's ``detector_postprocess``); mmdet keeps them.
+        msda_backend: the sampling backend of every deformable-attention layer, ``"auto"``,
+            ``"triton"`` or ``"pytorch"`` (:func:`~sqr.layers.ms_deform_attn.resolve_backend`);
+            None keeps the layers' own (``$SQR_MSDA``, else ``"auto"``).
         criterion, recollection, num_classes, pixel_mean, pixel_std,
         select_box_nums_for_evaluation: see :class:`QueryDetector`.
     """
@@ -86,6 +89,7 @@ class DeformableDETR(QueryDetector):
         inverse_sigmoid_eps: float = 1e-5,
         mask_padding_in_eval: bool = True,
         drop_empty_boxes: bool = False,
+        msda_backend: str | None = None,
     ) -> None:
         check_positive(num_classes=num_classes, num_queries=num_queries)
         super().__init__(
@@ -137,6 +141,8 @@ class DeformableDETR(QueryDetector):
         self.mask_padding_in_eval = mask_padding_in_eval
         self.drop_empty_boxes = drop_empty_boxes  # read by QueryDetector.inference
         self._reset_parameters()
+        if msda_backend is not None:
+            set_backend(self, msda_backend)
 
     def _reset_parameters(self) -> None:
         # mmdet: xavier on every matrix of the transformer, then MSDA's own init; reference
@@ -169,27 +175,34 @@ class DeformableDETR(QueryDetector):
     ) -> dict[str, torch.Tensor]:
         """Weighted losses per stage, plus ``loss_{class,bbox,giou}_enc`` for the two-stage
         proposals (:meth:`QueryDetector.losses`)."""
-        logits, boxes, schedule, enc_outputs = self._decode(batched_inputs)
-        losses = self.criterion(logits, boxes, targets, schedule.group_stage)
-        if enc_outputs is not None:  # class-agnostic matching of every encoder token
-            binary = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
-            enc = self.criterion(enc_outputs[0][None], enc_outputs[1][None], binary, [0])
-            losses.update({f"{name}_enc": enc[f"{name}_s0"] for name in LOSS_NAMES})
+        logits, boxes, schedule, enc_outputs = self._decode(*self.preprocess_image(batched_inputs))
+        num_boxes = self.criterion.num_boxes(targets)  # the step's one collective
+        if enc_outputs is None:
+            return self.criterion(logits, boxes, targets, schedule.group_stage, num_boxes)
+        # Class-agnostic matching of every encoder token, solved with the decoder's.
+        binary = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
+        losses, enc = self.criterion.joint_losses(
+            [
+                (logits, boxes, targets, schedule.group_stage),
+                (enc_outputs[0][None], enc_outputs[1][None], binary, [0]),
+            ],
+            num_boxes,
+        )
+        losses.update({f"{name}_enc": enc[f"{name}_s0"] for name in LOSS_NAMES})
         return losses
 
-    def predict(
-        self, batched_inputs: list[dict]
+    def predict_images(
+        self, tensor: torch.Tensor, padding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, RecollectionSchedule]:
-        """See :meth:`QueryDetector.predict`."""
-        logits, boxes, schedule, _ = self._decode(batched_inputs)
+        """See :meth:`QueryDetector.predict_images`."""
+        logits, boxes, schedule, _ = self._decode(tensor, padding)
         return logits, boxes, schedule
 
     def _decode(
-        self, batched_inputs: list[dict]
+        self, tensor: torch.Tensor, padding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, RecollectionSchedule, tuple | None]:
-        """:meth:`predict`'s outputs plus, in two-stage, the encoder proposals' logits
+        """:meth:`predict_images`'s outputs plus, in two-stage, the encoder proposals' logits
         [B, S, K] and boxes [B, S, 4] (else None)."""
-        tensor, padding = self.preprocess_image(batched_inputs)
         if not self.training and not self.mask_padding_in_eval:
             padding = torch.zeros_like(padding)  # detrex evaluates without a padding mask
         features = self.backbone(tensor)
@@ -213,7 +226,7 @@ class DeformableDETR(QueryDetector):
             query_pos, content = self.query_embedding.weight.split(self.embed_dim, dim=1)
             reference = self.reference_points(query_pos).sigmoid()
             query_pos, content, reference = (
-                x.unsqueeze(0).expand(len(batched_inputs), -1, -1)
+                x.unsqueeze(0).expand(tensor.shape[0], -1, -1)
                 for x in (query_pos, content, reference)
             )
         schedule = self.active_schedule

@@ -23,7 +23,7 @@ from torch import nn
 
 from sqr.layers.box_ops import refine_boxes
 from sqr.layers.mlp import MLP
-from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention
+from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention, set_backend
 from sqr.modeling.criterion import LOSS_NAMES, SetCriterion
 from sqr.modeling.denoising import ContrastiveDenoising, DenoisingQueries, denoising_losses
 from sqr.modeling.neck import ChannelMapper
@@ -62,6 +62,9 @@ class DINO(QueryDetector):
         num_queries: queries selected from the encoder proposals.
         embed_dim: transformer channels.
         inverse_sigmoid_eps: clamp of the logit used to refine boxes (detrex: 1e-3).
+        msda_backend: the sampling backend of every deformable-attention layer, ``"auto"``,
+            ``"triton"`` or ``"pytorch"`` (:func:`~sqr.layers.ms_deform_attn.resolve_backend`);
+            None keeps the layers' own (``$SQR_MSDA``, else ``"auto"``).
         criterion, recollection, num_classes, pixel_mean, pixel_std,
         select_box_nums_for_evaluation: see :class:`QueryDetector`.
     """
@@ -88,6 +91,7 @@ class DINO(QueryDetector):
         pixel_std: Sequence[float] = (58.395, 57.12, 57.375),
         select_box_nums_for_evaluation: int = 300,
         inverse_sigmoid_eps: float = 1e-3,
+        msda_backend: str | None = None,
     ) -> None:
         check_positive(num_classes=num_classes, num_queries=num_queries)
         super().__init__(
@@ -127,6 +131,8 @@ class DINO(QueryDetector):
         self.num_queries = num_queries
         self.eps = inverse_sigmoid_eps
         self._reset_parameters()
+        if msda_backend is not None:
+            set_backend(self, msda_backend)
 
     def _reset_parameters(self) -> None:
         # detrex: xavier on every matrix of the transformer (encoder, decoder, query selection),
@@ -153,9 +159,16 @@ class DINO(QueryDetector):
         """Weighted losses per stage, ``loss_{class,bbox,giou}_enc`` for the selected encoder
         proposals and ``loss_{class,bbox,giou}_dn_s{stage}`` for the denoising queries
         (:meth:`QueryDetector.losses`)."""
-        out = self._decode(batched_inputs, targets)
-        losses = self.criterion(out.logits, out.boxes, targets, out.schedule.group_stage)
-        enc = self.criterion(out.enc_logits[None], out.enc_boxes[None], targets, [0])
+        out = self._decode(*self.preprocess_image(batched_inputs), targets)
+        # One all-reduce for every loss call below, made whatever this rank's batch holds.
+        num_boxes = self.criterion.num_boxes(targets)
+        losses, enc = self.criterion.joint_losses(
+            [
+                (out.logits, out.boxes, targets, out.schedule.group_stage),
+                (out.enc_logits[None], out.enc_boxes[None], targets, [0]),
+            ],
+            num_boxes,
+        )
         losses.update({f"{name}_enc": enc[f"{name}_s0"] for name in LOSS_NAMES})
         if out.denoising is None:
             # No image has a target: zero denoising losses that still reach the label
@@ -168,23 +181,28 @@ class DINO(QueryDetector):
         stages = decoded.denoising_group_stage
         logits, boxes = self._heads(decoded.denoising_hidden, decoded.denoising_references, stages)
         losses.update(
-            denoising_losses(self.criterion, logits, boxes, targets, stages, out.denoising)
+            denoising_losses(
+                self.criterion, logits, boxes, targets, stages, out.denoising, num_boxes
+            )
         )
         return losses
 
-    def predict(
-        self, batched_inputs: list[dict]
+    def predict_images(
+        self, tensor: torch.Tensor, padding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, RecollectionSchedule]:
-        """See :meth:`QueryDetector.predict`. No denoising queries: the matching queries
-        never attend to them, so their predictions are the same with or without."""
-        out = self._decode(batched_inputs, None)
+        """See :meth:`QueryDetector.predict_images`. No denoising queries: the matching
+        queries never attend to them, so their predictions are the same with or without."""
+        out = self._decode(tensor, padding, None)
         return out.logits, out.boxes, out.schedule
 
     def _decode(
-        self, batched_inputs: list[dict], targets: list[dict[str, torch.Tensor]] | None
+        self,
+        tensor: torch.Tensor,
+        padding: torch.Tensor,
+        targets: list[dict[str, torch.Tensor]] | None,
     ) -> _Decoded:
-        """The forward pass, with denoising queries built from ``targets`` when given."""
-        tensor, padding = self.preprocess_image(batched_inputs)
+        """The forward pass of a :meth:`preprocess_image` batch, with denoising queries built
+        from ``targets`` when given."""
         if not self.training:
             padding = torch.zeros_like(padding)  # detrex evaluates without a padding mask
         features = self.backbone(tensor)

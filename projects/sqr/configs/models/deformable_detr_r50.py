@@ -1,4 +1,5 @@
-# Deformable-DETR R50 as the SQR recipe builds it (REFERENCE 2.1, mmdet 2.12): C3-C5 plus a
+# Deformable-DETR R50 as the SQR recipe builds it (Fangyi-Chen/SQR
+# configs/sqr/deformable_detr_SQR_r50_50e_coco.py, mmdet 2.12): C3-C5 plus a
 # stride-64 level (GroupNorm), 6 + 6 MSDA layers (8 heads, 4 levels, 4 points, FFN 1024, dropout
 # 0.1), 300 queries with 2-d reference points, shared heads. The variants set with_box_refine /
 # as_two_stage; SQR configs change only the recollection schedule.
@@ -72,4 +73,7 @@ model = L(DeformableDETR)(
     # weights (detrex_weights/) were evaluated with neither.
     mask_padding_in_eval=True,
     drop_empty_boxes=False,
+    # Deformable-attention sampling: "auto" (Triton on CUDA where it runs, else PyTorch), "triton"
+    # or "pytorch"; None: $SQR_MSDA, else "auto" (sqr.layers.ms_deform_attn.resolve_backend).
+    msda_backend=None,
 )

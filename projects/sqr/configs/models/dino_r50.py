@@ -76,4 +76,7 @@ model = L(DINO)(
     embed_dim=256,
     select_box_nums_for_evaluation=300,
     inverse_sigmoid_eps=1e-3,  # detrex's inverse_sigmoid
+    # Deformable-attention sampling: "auto" (Triton on CUDA where it runs, else PyTorch), "triton"
+    # or "pytorch"; None: $SQR_MSDA, else "auto" (sqr.layers.ms_deform_attn.resolve_backend).
+    msda_backend=None,
 )
