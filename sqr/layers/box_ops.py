@@ -61,25 +61,29 @@ def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def box_cxcywh_to_absolute_xyxy(
-    boxes: Tensor, height: float, width: float, *, clip: bool
+    boxes: Tensor, height: float | Tensor, width: float | Tensor, *, clip: bool
 ) -> Tensor:
     """Normalised (cx, cy, w, h) -> (x1, y1, x2, y2) in pixels of a ``height`` x ``width`` image:
     the post-processing of every detector output and of every stage's predictions.
 
     Args:
         boxes: Tensor[..., 4], (cx, cy, w, h) as fractions of the image's width and height.
-        height: output image height, in pixels.
-        width: output image width, in pixels.
+        height: output image height, in pixels: a number, or a Tensor that broadcasts against
+            ``boxes[..., 0]`` (``[B, 1]`` for boxes ``[B, k, 4]``: one height per image).
+        width: output image width, in pixels, likewise.
         clip: clamp the corners to the image, as detectron2's post-processing does (mmdet's
             AdaMixer does not).
 
     Returns:
         Tensor[..., 4], (x1, y1, x2, y2) in pixels; a new tensor, ``boxes`` is left unchanged.
     """
-    xyxy = box_cxcywh_to_xyxy(boxes) * boxes.new_tensor([width, height, width, height])
+    height, width = (
+        torch.as_tensor(v, dtype=boxes.dtype, device=boxes.device) for v in (height, width)
+    )
+    whwh = torch.stack([width, height, width, height], dim=-1)
+    xyxy = box_cxcywh_to_xyxy(boxes) * whwh
     if clip:
-        xyxy[..., 0::2] = xyxy[..., 0::2].clamp(0, width)
-        xyxy[..., 1::2] = xyxy[..., 1::2].clamp(0, height)
+        xyxy = torch.minimum(xyxy.clamp(min=0), whwh)
     return xyxy
 
 

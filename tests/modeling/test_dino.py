@@ -142,7 +142,8 @@ def test_matching_queries_never_see_the_denoising_queries() -> None:
     model = build("none").train()
     inputs = seeded_batch(with_empty=False)
     targets = [model._normalised_targets(x) for x in inputs]
-    with_dn, without = model._decode(inputs, targets), model._decode(inputs, None)
+    images, padding = model.preprocess_image(inputs)
+    with_dn, without = model._decode(images, padding, targets), model._decode(images, padding, None)
     assert with_dn.denoising is not None and without.denoising is None
     torch.testing.assert_close(with_dn.logits, without.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(with_dn.boxes, without.boxes, rtol=1e-5, atol=1e-5)

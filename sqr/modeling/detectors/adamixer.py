@@ -108,15 +108,14 @@ class AdaMixer(QueryDetector):
         self.decoder = decoder
         self.size_divisibility = size_divisibility
 
-    def predict(
-        self, batched_inputs: list[dict]
+    def predict_images(
+        self, tensor: torch.Tensor, padding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, RecollectionSchedule]:
-        """Class logits [G, B, Q, K] and boxes [G, B, Q, 4] (cxcywh normalised by each image's
-        size) of every decoded group, with the schedule that produced them (plain in
-        evaluation: one group per stage, the last being the final prediction)."""
-        tensor, _ = self.preprocess_image(batched_inputs)
+        """See :meth:`QueryDetector.predict_images`; the boxes are cxcywh normalised by each
+        image's own size, read from the padding mask."""
         features = self.neck(self.backbone(tensor))
-        sizes = torch.tensor([x["image"].shape[-2:] for x in batched_inputs], device=self.device)
+        # Each image fills the top-left corner: its first column and row count its height, width.
+        sizes = torch.stack([(~padding[:, :, 0]).sum(1), (~padding[:, 0, :]).sum(1)], dim=-1)
         content, xyzr = self.query_generator(sizes)
         schedule = self.active_schedule
         logits, boxes = self.decoder(content, xyzr, *features, schedule=schedule)

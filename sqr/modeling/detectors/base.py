@@ -3,7 +3,7 @@
 In the spirit of detectron2's ``DenseDetector`` (``modeling/meta_arch/dense_detector.py``): the
 base class owns what the detectors have in common (the train/eval dispatch, image normalisation
 and batching, target normalisation, top-k inference, the recollection schedules) and a subclass
-writes only :meth:`QueryDetector.predict`, overriding a hook where its reference differs.
+writes only :meth:`QueryDetector.predict_images`, overriding a hook where its reference differs.
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ class QueryDetector(nn.Module):
     * :meth:`predict`: logits ``[G, B, Q, K]`` and boxes ``[G, B, Q, 4]`` (normalised cxcywh) of
       every decoded group, with the schedule that produced them: ``self.recollection`` in
       training, the plain one in evaluation (one group per stage, the last the final output).
-    * :meth:`inference`: one stage's predictions as eval outputs.
+      It is :meth:`preprocess_image` then :meth:`predict_images`, which a subclass writes and
+      which takes tensors only (what :mod:`sqr.export` traces).
+    * :meth:`inference`: one stage's predictions as eval outputs; its batched tensor part is
+      :meth:`postprocess`.
     * ``self.recollection``, the training schedule, and ``self.decoder``, the module benchmarks
       time, with a ``checkpoint_recollected`` flag. Subclasses register the decoder themselves
       (its place among their submodules fixes the parameter order).
@@ -116,6 +119,18 @@ class QueryDetector(nn.Module):
         """Class logits [G, B, Q, K] and boxes [G, B, Q, 4] (normalised cxcywh) of every
         decoded group, with the schedule that produced them (plain in evaluation: one group
         per stage, the last being the final prediction)."""
+        return self.predict_images(*self.preprocess_image(batched_inputs))
+
+    def predict_images(
+        self, images: torch.Tensor, padding: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, RecollectionSchedule]:
+        """:meth:`predict` from the batch that :meth:`preprocess_image` makes.
+
+        Args:
+            images: normalised Tensor[B, 3, Hp, Wp], Hp and Wp multiples of
+                ``size_divisibility``.
+            padding: Bool[B, Hp, Wp], True on padding (each image fills its top-left corner).
+        """
         raise NotImplementedError
 
     def losses(
@@ -128,7 +143,8 @@ class QueryDetector(nn.Module):
             targets: per image {"labels" [N], "boxes" [N, 4] normalised cxcywh}.
         """
         logits, boxes, schedule = self.predict(batched_inputs)
-        return self.criterion(logits, boxes, targets, schedule.group_stage)
+        num_boxes = self.criterion.num_boxes(targets)  # the step's one collective
+        return self.criterion(logits, boxes, targets, schedule.group_stage, num_boxes)
 
     def preprocess_image(self, batched_inputs: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised images padded into one batch: Tensor[B, 3, Hp, Wp] and the padding mask
@@ -155,8 +171,7 @@ class QueryDetector(nn.Module):
     def inference(
         self, logits: torch.Tensor, boxes: torch.Tensor, batched_inputs: list[dict]
     ) -> list[dict]:
-        """Top-k over the flattened [Q x K] sigmoid scores (one query may appear with several
-        labels), boxes in each output size (clipped and filtered as the class attributes say).
+        """:meth:`postprocess` in each input's output size, without the boxes it does not keep.
 
         Args:
             logits: Tensor[B, Q, K]; boxes: Tensor[B, Q, 4] normalised cxcywh.
@@ -164,17 +179,41 @@ class QueryDetector(nn.Module):
         Returns:
             Per image {"boxes" [k, 4] xyxy in height x width, "scores" [k], "labels" [k]}.
         """
+        sizes = torch.tensor(
+            [
+                (x.get("height", x["image"].shape[-2]), x.get("width", x["image"].shape[-1]))
+                for x in batched_inputs
+            ],
+            device=boxes.device,
+        )
+        results = []
+        for xyxy, score, label, keep in zip(*self.postprocess(logits, boxes, sizes), strict=True):
+            results.append({"boxes": xyxy[keep], "scores": score[keep], "labels": label[keep]})
+        return results
+
+    def postprocess(
+        self, logits: torch.Tensor, boxes: torch.Tensor, output_sizes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Top-k over the flattened [Q x K] sigmoid scores (one query may appear with several
+        labels), boxes in each output size (clipped as ``clip_boxes`` says).
+
+        Args:
+            logits: Tensor[B, Q, K]; boxes: Tensor[B, Q, 4] normalised cxcywh.
+            output_sizes: Tensor[B, 2], (height, width) of each image's output.
+
+        Returns:
+            ``(boxes, scores, labels, keep)``: boxes Tensor[B, k, 4] xyxy in output pixels,
+            scores [B, k], labels int64 [B, k], and keep Bool[B, k]: False on the boxes that
+            clipping emptied when ``drop_empty_boxes``, else all True.
+        """
         scores = logits.sigmoid().flatten(1)
         scores, index = scores.topk(min(self.select_box_nums_for_evaluation, scores.shape[1]), 1)
         labels = index % self.num_classes
         chosen = torch.gather(boxes, 1, (index // self.num_classes).unsqueeze(-1).expand(-1, -1, 4))
-        results = []
-        for x, score, label, box in zip(batched_inputs, scores, labels, chosen, strict=True):
-            height = x.get("height", x["image"].shape[-2])
-            width = x.get("width", x["image"].shape[-1])
-            xyxy = box_cxcywh_to_absolute_xyxy(box, height, width, clip=self.clip_boxes)
-            if self.drop_empty_boxes:
-                keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
-                xyxy, score, label = xyxy[keep], score[keep], label[keep]
-            results.append({"boxes": xyxy, "scores": score, "labels": label})
-        return results
+        height, width = output_sizes[:, None].unbind(-1)  # [B, 1] each: one size per image
+        xyxy = box_cxcywh_to_absolute_xyxy(chosen, height, width, clip=self.clip_boxes)
+        if self.drop_empty_boxes:
+            keep = (xyxy[..., 2] > xyxy[..., 0]) & (xyxy[..., 3] > xyxy[..., 1])
+        else:
+            keep = torch.ones_like(scores, dtype=torch.bool)
+        return xyxy, scores, labels, keep

@@ -100,11 +100,10 @@ class DABDETR(QueryDetector):
         nn.init.zeros_(self.bbox_embed.layers[-1].weight)
         nn.init.zeros_(self.bbox_embed.layers[-1].bias)
 
-    def predict(
-        self, batched_inputs: list[dict]
+    def predict_images(
+        self, tensor: torch.Tensor, padding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, RecollectionSchedule]:
-        """See :meth:`QueryDetector.predict`."""
-        tensor, padding = self.preprocess_image(batched_inputs)
+        """See :meth:`QueryDetector.predict_images`."""
         if not self.training:
             padding = torch.zeros_like(padding)  # detrex evaluates without a padding mask
         features = self.input_proj(self.backbone(tensor)[self.in_feature])
