@@ -7,6 +7,7 @@ import datetime
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -104,12 +105,14 @@ def default_argument_parser(
     return parser
 
 
-def default_setup(cfg: DictConfig, args: argparse.Namespace) -> None:
+def default_setup(cfg: DictConfig, args: argparse.Namespace, *, save_config: bool = True) -> None:
     """Output directory, logging, environment report, ``config.yaml`` and seeding.
 
     Args:
         cfg: the full config (``cfg.train.output_dir``, ``cfg.train.seed`` are read).
         args: parsed command line.
+        save_config: write ``config.yaml`` now; train_net writes its record itself, once the
+            run is known to go ahead (:func:`save_config_record`).
     """
     output_dir = cfg.train.output_dir
     rank = comm.get_rank()
@@ -126,7 +129,7 @@ def default_setup(cfg: DictConfig, args: argparse.Namespace) -> None:
         path = resolve_config_file(args.config_file)
         with open(path, encoding="utf-8") as f:
             logger.info("Contents of %s:\n%s", path, f.read())
-    if comm.is_main_process() and output_dir:
+    if save_config and comm.is_main_process() and output_dir:
         path = os.path.join(output_dir, "config.yaml")
         LazyConfig.save(cfg, path)
         logger.info("Full config saved to %s", path)
@@ -147,6 +150,35 @@ def default_setup(cfg: DictConfig, args: argparse.Namespace) -> None:
     if cfg.train.device == "cpu":
         # The README's measured CPU speed-up, without an environment variable to remember.
         keep_freed_memory()
+
+
+_RESUME_RECORD = re.compile(r"config\.resume(\d+)\.yaml")
+
+
+def save_config_record(cfg: DictConfig, output_dir: str, *, kind: str) -> str:
+    """Write the config of a run into its output directory without overwriting an earlier
+    run's record.
+
+    Args:
+        cfg: the config as loaded, overrides applied (before any object was put into it).
+        output_dir: the run's directory.
+        kind: "train" (a run that starts at iteration 0: ``config.yaml``), "resume" (the N-th
+            resumed run: ``config.resumeN.yaml``, or ``config.yaml`` when there is none yet)
+            or "eval" (``--eval-only``: ``config.eval.yaml``, next to ``eval_results.json``).
+
+    Returns:
+        The path written.
+    """
+    if kind not in ("train", "resume", "eval"):
+        raise ValueError(f"kind must be 'train', 'resume' or 'eval', got {kind!r}")
+    name = "config.eval.yaml" if kind == "eval" else "config.yaml"
+    if kind == "resume" and os.path.exists(os.path.join(output_dir, name)):
+        numbers = [int(m[1]) for f in os.listdir(output_dir) if (m := _RESUME_RECORD.fullmatch(f))]
+        name = f"config.resume{max(numbers, default=0) + 1}.yaml"
+    path = os.path.join(output_dir, name)
+    LazyConfig.save(cfg, path)
+    logger.info("Full config saved to %s", path)
+    return path
 
 
 def resolve_device(name: str) -> str:

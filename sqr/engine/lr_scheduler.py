@@ -9,8 +9,12 @@ in iterations, as the reference recipes state it.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from fvcore.common.param_scheduler import ParamScheduler
+
+logger = logging.getLogger(__name__)
 
 
 class LRSchedule:
@@ -54,8 +58,14 @@ class LRSchedule:
 class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
     """Sets every param group's lr to its base lr times ``schedule(iteration, max_iter)``.
 
-    Step it once per iteration. Only ``base_lrs`` and ``last_epoch`` (the iteration) are saved, so
-    a checkpoint never holds the schedule object itself.
+    Step it once per iteration. Only ``base_lrs``, ``last_epoch`` (the iteration) and
+    ``max_iter`` are saved, so a checkpoint never holds the schedule object itself.
+
+    **On resume the configuration wins.** :meth:`load_state_dict` restores only the iteration:
+    the base learning rates and ``max_iter`` stay those this scheduler was built with (a user who
+    changes ``optimizer.lr`` or ``train.max_iter`` on ``--resume`` means it), a difference from
+    the checkpoint is logged as a warning, and every param group's lr is set again for the
+    resumed iteration. Load the optimizer's state first: it brings back the old lrs.
 
     Args:
         optimizer: the optimizer to drive.
@@ -78,7 +88,43 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
         super().__init__(optimizer, last_epoch=last_iter)
 
     def state_dict(self) -> dict:
-        return {"base_lrs": self.base_lrs, "last_epoch": self.last_epoch}
+        return {
+            "base_lrs": self.base_lrs,
+            "last_epoch": self.last_epoch,
+            "max_iter": self._max_iter,
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Continue at the saved iteration with this scheduler's base lrs and ``max_iter``.
+
+        Args:
+            state_dict: from :meth:`state_dict` (``max_iter`` is absent in older checkpoints).
+        """
+        self.last_epoch = state_dict["last_epoch"]
+        saved_lrs, saved_max_iter = list(state_dict["base_lrs"]), state_dict.get("max_iter")
+        if saved_lrs != self.base_lrs:
+            logger.warning(
+                "Resuming with other learning rates: base learning rates %s in the checkpoint, "
+                "%s in the config; the config's apply from iteration %d",
+                saved_lrs,
+                self.base_lrs,
+                self.last_epoch,
+            )
+        if saved_max_iter is not None and saved_max_iter != self._max_iter:
+            logger.warning(
+                "Resuming with another schedule length: max_iter %d in the checkpoint, %d in the "
+                "config; from iteration %d the lr follows the schedule over %d iterations",
+                saved_max_iter,
+                self._max_iter,
+                self.last_epoch,
+                self._max_iter,
+            )
+        # The optimizer's loaded state holds the lrs the old configuration gave this iteration.
+        for group, base_lr, lr in zip(
+            self.optimizer.param_groups, self.base_lrs, self.get_lr(), strict=True
+        ):
+            group["initial_lr"], group["lr"] = base_lr, lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def get_lr(self) -> list[float]:
         multiplier = self._schedule(self.last_epoch, self._max_iter)

@@ -45,7 +45,8 @@ def test_lr_multiplier_state_resumes() -> None:
         optimizer.step()
         scheduler.step()
     state = scheduler.state_dict()
-    assert set(state) == {"base_lrs", "last_epoch"}  # the schedule object is never pickled
+    # The schedule object is never pickled.
+    assert set(state) == {"base_lrs", "last_epoch", "max_iter"}
     resumed_optimizer, resumed = make()
     resumed_optimizer.load_state_dict(optimizer.state_dict())
     resumed.load_state_dict(state)
@@ -54,3 +55,63 @@ def test_lr_multiplier_state_resumes() -> None:
     resumed_optimizer.step()
     resumed.step()
     assert resumed.get_last_lr() == pytest.approx([0.5])
+
+
+def make_run(lr: float, max_iter: int):
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([{"params": [param], "lr": lr}])
+    # x0.1 at 80% of training, as the 50-epoch recipes.
+    schedule = MultiStepParamScheduler(values=[1.0, 0.1], milestones=[40], num_updates=50)
+    return optimizer, LRMultiplier(optimizer, schedule, max_iter=max_iter)
+
+
+def resume(optimizer, scheduler, lr: float, max_iter: int):
+    """A new run from the configuration (lr, max_iter), loading the state of the old one in
+    the checkpointer's order: optimizer first, then scheduler."""
+    new_optimizer, new_scheduler = make_run(lr, max_iter)
+    new_optimizer.load_state_dict(optimizer.state_dict())
+    new_scheduler.load_state_dict(scheduler.state_dict())
+    return new_optimizer, new_scheduler
+
+
+def run_steps(optimizer, scheduler, steps: int) -> list[float]:
+    """The lr of each step taken."""
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_resume_applies_a_changed_learning_rate(caplog) -> None:
+    optimizer, scheduler = make_run(lr=1.0, max_iter=10)
+    run_steps(optimizer, scheduler, 4)
+    with caplog.at_level("WARNING", logger="sqr.engine.lr_scheduler"):
+        optimizer, scheduler = resume(optimizer, scheduler, lr=0.5, max_iter=10)
+    assert (
+        "base learning rates [1.0] in the checkpoint, [0.5] in the config; the config's "
+        "apply from iteration 4" in caplog.text
+    )
+    assert scheduler.base_lrs == [0.5]
+    # Iterations 4..9: 0.5 until 80% of 10 iterations, then x0.1.
+    assert run_steps(optimizer, scheduler, 6) == pytest.approx([0.5] * 4 + [0.05] * 2)
+
+
+def test_resume_with_a_longer_schedule_is_continuous(caplog) -> None:
+    optimizer, scheduler = make_run(lr=1.0, max_iter=20)
+    assert run_steps(optimizer, scheduler, 20) == pytest.approx([1.0] * 16 + [0.1] * 4)
+    with caplog.at_level("WARNING", logger="sqr.engine.lr_scheduler"):
+        optimizer, scheduler = resume(optimizer, scheduler, lr=1.0, max_iter=30)
+    assert "max_iter 20 in the checkpoint, 30 in the config" in caplog.text
+    # Every iteration 20..29 has the lr of the 30-iteration schedule: the drop is at 24.
+    assert run_steps(optimizer, scheduler, 10) == pytest.approx([1.0] * 4 + [0.1] * 6)
+
+
+def test_resume_with_an_unchanged_config_says_nothing(caplog) -> None:
+    optimizer, scheduler = make_run(lr=1.0, max_iter=10)
+    run_steps(optimizer, scheduler, 3)
+    with caplog.at_level("WARNING", logger="sqr.engine.lr_scheduler"):
+        optimizer, scheduler = resume(optimizer, scheduler, lr=1.0, max_iter=10)
+    assert not caplog.records
+    assert run_steps(optimizer, scheduler, 7) == pytest.approx([1.0] * 5 + [0.1] * 2)
