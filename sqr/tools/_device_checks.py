@@ -308,40 +308,6 @@ def sqr_equivalence(sqr: nn.Module, plain: nn.Module, batch: list[dict]) -> dict
     return result
 
 
-# ---------------------------------------------------------------------------- training step
-
-
-def training_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batch: list[dict],
-    precision: str,
-    device: str,
-) -> tuple[float, float | None, float, Counter]:
-    """One step (forward, backward, optimizer step) in ``precision``: "fp32" (TF32 off), "tf32"
-    (TF32 matmuls and convolutions) or "bf16" (autocast over the forward, TF32 off).
-
-    Returns:
-        Seconds; peak memory (MB, CUDA only); the summed loss; the synchronisations per call site
-        (counted on CUDA only).
-    """
-    cuda = device == "cuda"
-    synchronize(device)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    with tf32(precision == "tf32"), counting_syncs(cuda) as caught:
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            total = sum(model(batch).values())
-        total.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    synchronize(device)
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / MB if cuda else None
-    return seconds, peak, total.item(), sync_sites(caught)
-
-
 # ---------------------------------------------------------------------------- child processes
 
 

@@ -7,13 +7,16 @@ input fails with a message naming it.
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 from helpers.tiny import TINY_DAB_DETR
 
-from sqr.tools import benchmark
+from sqr.tools import _workload, benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 SQR_CONFIG = str(ROOT / "projects/sqr/configs/sqr_dab_detr_r50_50ep.py")
@@ -44,6 +47,12 @@ def test_compare_sqr_writes_consistent_json(bench: ModuleType, tmp_path: Path) -
             result["setup_memory_mb"] + result["train_memory_mb"]
         )
         assert 0 < result["decoder_share"] < 1, name
+        # The scipy solves ran in every timed step, inside it.
+        assert len(result["host_match_times_s"]) == 2
+        assert 0 < result["host_match_s"] < result["train_step_s"], name
+        assert result["host_match_solves_per_step"] > 0, name
+        fed = benchmark.synthetic_batch(1, 64, 64, num_classes=5, seed=0)
+        assert result["boxes_per_image"] == [len(x["targets"]["labels"]) for x in fed]
         assert len(result["train_step_times_s"]) == 2
         # The median of two timed steps is their mean.
         assert result["train_step_s"] == pytest.approx(sum(result["train_step_times_s"]) / 2)
@@ -112,7 +121,7 @@ def test_synthetic_boxes_are_valid_and_reproducible(bench: ModuleType) -> None:
     for x, y in zip(batch, again, strict=True):
         assert x["image"].shape == (3, 48, 80) and x["image"].equal(y["image"])
         boxes = x["targets"]["boxes"]
-        assert boxes.equal(y["targets"]["boxes"]) and 1 <= len(boxes) <= 4
+        assert boxes.equal(y["targets"]["boxes"]) and 1 <= len(boxes) <= 90
         assert (boxes[:, 2:] > boxes[:, :2]).all()
         assert (boxes >= 0).all() and (boxes[:, 2] <= 80).all() and (boxes[:, 3] <= 48).all()
         assert ((x["targets"]["labels"] >= 0) & (x["targets"]["labels"] < 5)).all()
@@ -129,3 +138,63 @@ def test_keep_freed_memory_reaches_the_child(bench: ModuleType, tmp_path: Path) 
     assert bench.main([*argv, *TINY_DAB_DETR]) == 0
     (variant,) = json.loads(out.read_text())["variants"].values()
     assert variant["keeps_freed_memory"] is False
+
+
+def test_box_counts_are_coco_like() -> None:
+    # COCO train2017: mean about 7.3 boxes per image, median 4, p90 about 20, maximum 93.
+    counts = _workload.coco_like_box_counts(10_000, torch.Generator().manual_seed(0))
+    counts.sort()
+    assert 6.5 <= sum(counts) / len(counts) <= 8.0
+    assert counts[len(counts) // 2] == 4
+    assert 18 <= counts[int(0.9 * len(counts))] <= 22
+    assert 50 <= counts[-1] <= 90 and counts[0] >= 1
+    assert 0.005 <= sum(c >= 50 for c in counts) / len(counts) <= 0.02
+
+
+def test_small_batches_span_the_distribution() -> None:
+    # Stratified: the last of 8 images lies in the top eighth (at least 13 boxes), the first in
+    # the bottom one; a seed reproduces the counts.
+    for seed in range(5):
+        counts = _workload.coco_like_box_counts(8, torch.Generator().manual_seed(seed))
+        assert counts == sorted(counts) and counts[0] <= 2 and counts[-1] >= 13, counts
+        assert counts == _workload.coco_like_box_counts(8, torch.Generator().manual_seed(seed))
+    with pytest.raises(ValueError, match="got 1.0"):
+        _workload.box_count_quantile(1.0)
+
+
+def test_host_matching_timer_counts_overlapping_solves_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sqr.modeling import matcher
+
+    def solve(cost):  # 50 ms each
+        time.sleep(0.05)
+        return cost
+
+    monkeypatch.setattr(matcher, "linear_sum_assignment", solve)
+    with _workload.HostMatchingTimer() as timer:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(matcher.linear_sum_assignment, range(4)))
+        parallel, parallel_count = timer.take()
+        for i in range(2):
+            matcher.linear_sum_assignment(i)
+        serial, serial_count = timer.take()
+    assert matcher.linear_sum_assignment is solve  # restored
+    assert parallel_count == 4 and 0.05 <= parallel < 0.15  # side by side: about one solve
+    assert serial_count == 2 and 0.1 <= serial < 0.2
+    assert timer.take() == (0.0, 0)
+
+
+def test_host_matching_timer_times_the_real_matcher() -> None:
+    from sqr.modeling.matcher import HungarianMatcher
+
+    gen = torch.Generator().manual_seed(0)
+    logits, boxes = torch.randn(2, 3, 20, 5, generator=gen), torch.rand(2, 3, 20, 4, generator=gen)
+    targets = [
+        {"labels": torch.zeros(n, dtype=torch.int64), "boxes": torch.rand(n, 4, generator=gen)}
+        for n in (3, 0, 7)
+    ]
+    with _workload.HostMatchingTimer() as timer:
+        HungarianMatcher()(logits, boxes * 0.5 + 0.25, targets)
+        seconds, solves = timer.take()
+    assert solves == 4 and seconds > 0  # 2 groups x the 2 images with targets

@@ -3,6 +3,8 @@ failure reporting, time limits and input errors."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pytest
@@ -24,36 +26,94 @@ def test_help_describes_the_sections(capsys) -> None:
         assert text in out
 
 
+def section(report: str, title: str) -> str:
+    """The text of the report's section titled ``title`` (up to the next section)."""
+    return report.split(f". {title}\n")[1].split("\n## ")[0]
+
+
 @pytest.mark.slow
 def test_dry_run_writes_a_passing_report(tmp_path: Path) -> None:
     out = tmp_path / "nested" / "report.md"
     assert gpu_check.main([*DRY_RUN, "--output", str(out)]) == 0
     report = out.read_text()
     summary = report.split("## Summary")[1].split("## 1.")[0]
-    for section in gpu_check.SECTIONS:
-        assert f"| {section} | PASS |" in summary, section
+    for name in gpu_check.SECTIONS:
+        assert f"| {name} | PASS |" in summary, name
     names = [d.name for d in checks.DETECTORS]
-    equivalence = report.split("## 2.")[1].split("## 3.")[0]
-    steps = report.split("## 3.")[1].split("## 4.")[0]
+    equivalence = section(report, "SQR equivalence")
+    steps = section(report, "Training steps per precision")
     for name in names:
         # Four checks per detector: eval, chain, checkpointed losses and gradients.
         assert f"| {name} | " in equivalence and equivalence.count(f"| {name} |") == 1
         assert equivalence.split(f"| {name} |")[1].split("\n")[0].count("PASS") == 4, name
         assert f"| {name} | baseline | 6 | fp32 |" in steps, name
         assert f"| {name} | sqr | 32 | fp32 |" in steps, name
-    # Off CUDA: the pure path alone, fp32 alone, no sync counts; all said in the report.
-    assert "runs the **pure** path" in report
-    assert "| 10 | pure |" in report and "(encoder) | pure |" in report
+    # Off CUDA: the PyTorch path alone, fp32 alone, no sync counts; all said in the report.
+    assert "takes **pytorch** here" in report
+    assert "| 10 | pytorch |" in report and "(encoder) | pytorch |" in report
     assert "| tf32 |" not in report and "| bf16 |" not in report
+    large = section(report, "Large batch")
+    for variant in ("baseline", "sqr"):
+        assert f"| Deformable-DETR | {variant} |" in large and f"| DINO | {variant} |" in large
+    assert "| DDP | gloo |" in section(report, "One-rank DDP step")
+    assert "| aot_eager |" in section(report, "torch.compile")
+    assert "| 0 |" in section(report, "Loader throughput")
     skipped = report.split("## Skipped")[1].split("## Failures")[0]
-    assert "Triton fast path (not on CUDA)" in skipped
-    assert "TF32, bf16 and sync counting (not on CUDA)" in skipped
+    assert "Triton path (not on CUDA)" in skipped
+    assert "TF32, bf16, fp16, MSDA backends, syncs (not on CUDA)" in skipped
     assert f"benchmark: {names[-1]} (dry run" in skipped
-    benchmark = report.split("## 4.")[1].split("## Skipped")[0]
+    benchmark = section(report, "tools/benchmark.py --compare-sqr")
     assert "--compare-sqr --device cpu" in benchmark
     for variant in ("| baseline | 6 |", "| sqr | 32 |", "| sqr+ckpt | 32 |"):
         assert variant in benchmark
     assert report.split("## Failures")[1].strip() == "- none"
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [row["section"] for row in data["summary"]] == list(gpu_check.SECTIONS)
+    assert data["failures"] == [] and data["sections"]["benchmark"][0]["variants"]
+
+
+def test_a_cheap_dry_run_writes_markdown_and_json(tmp_path: Path) -> None:
+    out = tmp_path / "report.md"
+    argv = [*DRY_RUN, "--sections", "ddp,loader", "--output", str(out)]
+    assert gpu_check.main([*argv, "--json", str(tmp_path / "numbers.json")]) == 0
+    report = out.read_text()
+    ddp = section(report, "One-rank DDP step")
+    assert "| plain | - |" in ddp and "| DDP | gloo |" in ddp
+    data = json.loads((tmp_path / "numbers.json").read_text())
+    rows = data["sections"]["ddp"]
+    assert [r["model"] for r in rows] == ["plain", "DDP"]
+    for row in rows:  # raw numbers in the JSON, rounded in the markdown
+        assert row["step (ms)"] == pytest.approx(row["fwd (ms)"] + row["bwd+opt (ms)"])
+        assert row["step (ms)"] > 0
+    (loader,) = data["sections"]["loader"]
+    assert loader["workers"] == 0 and loader["images/s"] > 0
+    assert [r["section"] for r in data["summary"]] == ["ddp", "loader"]
+
+
+def test_an_overrun_is_taken_from_the_next_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # msda runs 0.3 s past its limit of 0.1 s (budget 2 s x 5%): the next section's limit is its
+    # own share minus the overrun, and the summary counts the overrun.
+    ran = {}
+
+    def slow(ctx) -> None:
+        time.sleep(0.4)
+
+    def record(ctx) -> None:
+        ran["limit"] = ctx.deadline - time.monotonic()
+
+    sections = dict(gpu_check.SECTIONS)
+    sections["msda"] = ("slow", slow, 0.05)
+    sections["ddp"] = ("record", record, 0.5)
+    monkeypatch.setattr(gpu_check, "SECTIONS", sections)
+    out = tmp_path / "report.md"
+    argv = [*DRY_RUN, "--sections", "msda,ddp", "--budget-s", "2", "--output", str(out)]
+    assert gpu_check.main(argv) == 0
+    assert 0.5 < ran["limit"] <= 1.0 - 0.3  # 1 s share, less the 0.3 s overrun
+    summary = json.loads(out.with_suffix(".json").read_text())["summary"]
+    assert summary[0]["overrun_s"] >= 0.3 and summary[1]["overrun_s"] == 0.0
+    assert "| overrun (s) |" in out.read_text()
 
 
 def test_a_failed_check_fails_the_run_and_is_listed(
