@@ -7,7 +7,6 @@ import datetime
 import logging
 import math
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from sqr.config import LazyConfig, experiment_config_file
 from sqr.data.catalog import get_metadata
 from sqr.utils import comm
+from sqr.utils.cli import default_argument_parser as default_argument_parser  # re-exported
 from sqr.utils.env import collect_env_info, keep_freed_memory, seed_all_rng
 from sqr.utils.file_io import remove_stale_temporaries
 from sqr.utils.logger import setup_logger
@@ -27,92 +27,12 @@ from .launch import launch
 logger = logging.getLogger(__name__)
 
 
-class _Parser(argparse.ArgumentParser):
-    """Rejects ``--flags`` that ended up among the overrides (argparse REMAINDER swallows them).
-
-    ``--config-file`` is required here rather than by argparse: written after an override it
-    lands among the overrides, and argparse would report it missing.
-    """
-
-    def parse_args(self, args=None, namespace=None):  # noqa: D102
-        parsed = super().parse_args(args, namespace)
-        misplaced = [opt for opt in parsed.opts if opt.startswith("--")]
-        if misplaced:
-            self.error(
-                f"flag(s) {' '.join(misplaced)} came after the config overrides; put every --flag "
-                "before the first key=value override"
-            )
-        if parsed.config_file is None:
-            self.error("the following arguments are required: --config-file")
-        return parsed
-
-
-def default_argument_parser(
-    epilog: str | None = None, *, training: bool = True, distributed: bool = True
-) -> argparse.ArgumentParser:
-    """detectron2's flags, followed by ``key=value`` config overrides.
-
-    Args:
-        epilog: text after the flags in ``--help``.
-        training: offer ``--resume`` and ``--eval-only`` (train_net only).
-        distributed: offer ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``
-            (tools that launch several processes).
-    """
-    parser = _Parser(
-        epilog=epilog
-        or (
-            "Examples:\n"
-            "  sqr-train --config-file cfg.py --num-gpus 8\n"
-            "  sqr-train --config-file cfg.py --eval-only train.init_checkpoint=m.pth\n"
-            "  sqr-train --config-file cfg.py --num-gpus 2 train.device=cpu\n"
-            "(sqr-train is tools/train_net.py in a checkout)"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--config-file",
-        metavar="FILE",
-        help="(required) path to a config file, or the name of one under projects/sqr/configs "
-        "(e.g. sqr_dab_detr_r50_50ep.py, quickstart/sqr_dab_detr_synthetic.py)",
-    )
-    if training:
-        parser.add_argument(
-            "--resume",
-            action="store_true",
-            help="continue from output_dir/last_checkpoint if it exists (model, optimizer, "
-            "scheduler, iteration, RNG); otherwise start fresh from train.init_checkpoint",
-        )
-        parser.add_argument("--eval-only", action="store_true", help="evaluate only")
-    if distributed:
-        parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine")
-        parser.add_argument("--num-machines", type=int, default=1, help="machines in the job")
-        parser.add_argument("--machine-rank", type=int, default=0, help="this machine's rank")
-        parser.add_argument(
-            "--dist-url",
-            default="auto",
-            help="rendezvous URL, tcp://host:port (auto: a free port on this machine)",
-        )
-        parser.add_argument(
-            "--allow-oversubscribe",
-            action="store_true",
-            help="with train.device=cpu, allow more processes than this machine has cores",
-        )
-    parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        help="config overrides 'path.key=value', after all flags",
-    )
-    return parser
-
-
-def default_setup(cfg: DictConfig, args: argparse.Namespace, *, save_config: bool = True) -> None:
+def default_setup(cfg: DictConfig, args: argparse.Namespace) -> None:
     """Output directory, logging, environment report, ``config.yaml`` and seeding.
 
     Args:
         cfg: the full config (``cfg.train.output_dir``, ``cfg.train.seed`` are read).
         args: parsed command line.
-        save_config: write ``config.yaml`` now; train_net writes its record itself, once the
-            run is known to go ahead (:func:`save_config_record`).
     """
     output_dir = cfg.train.output_dir
     rank = comm.get_rank()
@@ -129,7 +49,7 @@ def default_setup(cfg: DictConfig, args: argparse.Namespace, *, save_config: boo
         path = resolve_config_file(args.config_file)
         with open(path, encoding="utf-8") as f:
             logger.info("Contents of %s:\n%s", path, f.read())
-    if save_config and comm.is_main_process() and output_dir:
+    if comm.is_main_process() and output_dir:
         path = os.path.join(output_dir, "config.yaml")
         LazyConfig.save(cfg, path)
         logger.info("Full config saved to %s", path)
@@ -150,35 +70,6 @@ def default_setup(cfg: DictConfig, args: argparse.Namespace, *, save_config: boo
     if cfg.train.device == "cpu":
         # The README's measured CPU speed-up, without an environment variable to remember.
         keep_freed_memory()
-
-
-_RESUME_RECORD = re.compile(r"config\.resume(\d+)\.yaml")
-
-
-def save_config_record(cfg: DictConfig, output_dir: str, *, kind: str) -> str:
-    """Write the config of a run into its output directory without overwriting an earlier
-    run's record.
-
-    Args:
-        cfg: the config as loaded, overrides applied (before any object was put into it).
-        output_dir: the run's directory.
-        kind: "train" (a run that starts at iteration 0: ``config.yaml``), "resume" (the N-th
-            resumed run: ``config.resumeN.yaml``, or ``config.yaml`` when there is none yet)
-            or "eval" (``--eval-only``: ``config.eval.yaml``, next to ``eval_results.json``).
-
-    Returns:
-        The path written.
-    """
-    if kind not in ("train", "resume", "eval"):
-        raise ValueError(f"kind must be 'train', 'resume' or 'eval', got {kind!r}")
-    name = "config.eval.yaml" if kind == "eval" else "config.yaml"
-    if kind == "resume" and os.path.exists(os.path.join(output_dir, name)):
-        numbers = [int(m[1]) for f in os.listdir(output_dir) if (m := _RESUME_RECORD.fullmatch(f))]
-        name = f"config.resume{max(numbers, default=0) + 1}.yaml"
-    path = os.path.join(output_dir, name)
-    LazyConfig.save(cfg, path)
-    logger.info("Full config saved to %s", path)
-    return path
 
 
 def resolve_device(name: str) -> str:

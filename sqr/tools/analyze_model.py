@@ -20,84 +20,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import torch
-from fvcore.nn import FlopCountAnalysis, flop_count_table, parameter_count_table
-from fvcore.nn.jit_handles import get_shape
-from torch import nn
-
-from sqr.config import LazyConfig, instantiate
-from sqr.engine import resolve_config_file
-
 logger = logging.getLogger("sqr.analyze_model")
-
-
-def _attention_flops(inputs: list, outputs: list) -> int:
-    query, key, value = (get_shape(x) for x in inputs[:3])
-    batch_heads = 1
-    for size in query[:-2]:
-        batch_heads *= size
-    return batch_heads * query[-2] * key[-2] * (query[-1] + value[-1])
-
-
-def _grid_sample_flops(inputs: list, outputs: list) -> int:
-    elements = 1
-    for size in get_shape(outputs[0]):
-        elements *= size
-    return 4 * elements
-
-
-# Cheap (elementwise, reduction or layout) operators, left out of the count as fvcore does.
-_ELEMENTWISE = (
-    "add",
-    "sub",
-    "mul",
-    "div",
-    "rsub",
-    "neg",
-    "pow",
-    "sqrt",
-    "rsqrt",
-    "exp",
-    "log",
-    "sigmoid",
-    "softmax",
-    "relu",
-    "gelu",
-    "sin",
-    "cos",
-    "cumsum",
-    "sum",
-    "mean",
-    "max",
-    "min",
-    "clamp",
-    "fill",
-    "topk",
-    "meshgrid",
-    "pad",
-    "max_pool2d",
-    "floor",
-    "ceil",
-    "abs",
-    "where",
-)
-
-
-def _is_elementwise(op: str) -> bool:
-    return op.removeprefix("aten::").rstrip("_") in _ELEMENTWISE
-
-
-class _SingleImage(nn.Module):
-    """A detector called on one uint8 image tensor, returning tensors (what a tracer needs)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        height, width = image.shape[-2:]
-        output = self.model([{"image": image, "height": height, "width": width}])[0]
-        return output["boxes"], output["scores"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, str]:
     """Print the requested tables; returns them by task."""
     args = build_parser().parse_args(argv)
+    # Imported after parsing, so that --help answers without loading torch.
+    import torch
+    from fvcore.nn import FlopCountAnalysis, flop_count_table, parameter_count_table
+
+    from sqr.config import LazyConfig, instantiate
+    from sqr.engine import resolve_config_file
+    from sqr.tools._flops import (
+        SingleImage,
+        attention_flops,
+        grid_sample_flops,
+        is_elementwise,
+    )
+
     for name in ("height", "width", "max_depth"):
         if getattr(args, name) < 1:
             raise ValueError(
@@ -139,13 +75,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
     if "flop" in args.tasks:
         image = torch.randint(0, 256, (3, args.height, args.width), dtype=torch.uint8)
         with torch.no_grad():
-            flops = FlopCountAnalysis(_SingleImage(model), (image,)).set_op_handle(
+            flops = FlopCountAnalysis(SingleImage(model), (image,)).set_op_handle(
                 "aten::scaled_dot_product_attention",
-                _attention_flops,
+                attention_flops,
                 "aten::grid_sampler",
-                _grid_sample_flops,
+                grid_sample_flops,
                 "aten::grid_sampler_2d",
-                _grid_sample_flops,
+                grid_sample_flops,
             )
             flops.unsupported_ops_warnings(False)
             flops.uncalled_modules_warnings(False)
@@ -153,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
             uncounted = ", ".join(
                 f"{op} x{n}"
                 for op, n in sorted(flops.unsupported_ops().items())
-                if not _is_elementwise(op)
+                if not is_elementwise(op)
             )
         tables["flop"] = (
             f"Inference on one {args.height}x{args.width} image: {flops.total() / 1e9:.2f} GFLOPs"

@@ -21,27 +21,23 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from omegaconf import DictConfig
 from tabulate import tabulate
 from tqdm import tqdm
 
 from sqr.config import instantiate
-from sqr.data import build_detection_test_loader
-from sqr.data.catalog import load_dataset
-from sqr.engine import (
-    default_argument_parser,
-    default_setup,
-    launch_main,
-    load_config,
-    load_trained_weights,
-)
-from sqr.evaluation.stage_analysis import StageAnalyzer
-from sqr.evaluation.stages import predict_stages, query_predictions, stage_outputs
-from sqr.utils import comm
+from sqr.utils.cli import default_argument_parser
 from sqr.utils.file_io import write_json
+
+if TYPE_CHECKING:
+    import torch
+    from omegaconf import DictConfig
+
+    from sqr.evaluation.stage_analysis import StageAnalyzer
+
+# Everything that imports torch is imported inside the functions, so that --help (parsed before
+# any of them runs) answers without loading it.
 
 logger = logging.getLogger("sqr.analyze_stages")
 
@@ -80,6 +76,8 @@ def build_parser():
 def setup(args, default_subdir: str = "stage_analysis") -> DictConfig:
     """Load the config with overrides, point its output at ``--output-dir`` (by default
     ``{train.output_dir}/{default_subdir}``), and set up logging."""
+    from sqr.engine import default_setup, load_config
+
     if args.num_images is not None and args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
     cfg = load_config(args)
@@ -90,6 +88,8 @@ def setup(args, default_subdir: str = "stage_analysis") -> DictConfig:
 
 def build_model(cfg: DictConfig) -> torch.nn.Module:
     """The config's model with ``train.init_checkpoint`` loaded, in eval mode."""
+    from sqr.engine import load_trained_weights
+
     model = instantiate(cfg.model).to(cfg.train.device)
     load_trained_weights(model, cfg.train.init_checkpoint, purpose="the analysis")
     return model.eval()
@@ -97,6 +97,8 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
 
 def load_test_records(cfg: DictConfig, num_images: int | None) -> list[dict]:
     """Records of ``dataloader.test.dataset`` (a name or names), the first ``num_images``."""
+    from sqr.data.catalog import load_dataset
+
     dataset = cfg.dataloader.test.dataset
     names = [dataset] if isinstance(dataset, str) else list(dataset)
     records = [record for name in names for record in load_dataset(name)[0]]
@@ -105,6 +107,8 @@ def load_test_records(cfg: DictConfig, num_images: int | None) -> list[dict]:
 
 def ground_truth(record: dict) -> dict[str, torch.Tensor]:
     """Non-crowd boxes (xyxy, original image size) and contiguous labels of one record."""
+    import torch
+
     annos = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
     return {
         "boxes": torch.tensor([a["bbox"] for a in annos], dtype=torch.float32).reshape(-1, 4),
@@ -116,6 +120,11 @@ def analyze(
     cfg: DictConfig, model: torch.nn.Module, records: list[dict], fp_min_score: float
 ) -> dict:
     """Run this rank's shard of ``records`` through ``model`` and gather the analysis."""
+    from sqr.data import build_detection_test_loader
+    from sqr.evaluation.stage_analysis import StageAnalyzer
+    from sqr.evaluation.stages import predict_stages, query_predictions, stage_outputs
+    from sqr.utils import comm
+
     test = cfg.dataloader.test
     loader = build_detection_test_loader(
         records,
@@ -251,6 +260,8 @@ def plot(result: dict, path: str) -> None:
 
 
 def main(args) -> dict:
+    from sqr.utils import comm
+
     cfg = setup(args)
     model = build_model(cfg)
     records = load_test_records(cfg, args.num_images)
@@ -275,7 +286,10 @@ def main(args) -> dict:
 
 
 def invoke_main(argv: list[str] | None = None) -> None:
-    launch_main(main, build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    from sqr.engine import launch_main
+
+    launch_main(main, args)
 
 
 if __name__ == "__main__":

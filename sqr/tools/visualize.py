@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
-import torch
 from PIL import Image
 
 from sqr.config import instantiate
-from sqr.data import build_detection_test_loader
-from sqr.data.catalog import load_dataset
-from sqr.engine import default_argument_parser
-from sqr.evaluation.stage_analysis import match_stage
-from sqr.evaluation.stages import predict_stages, query_predictions
 from sqr.tools import analyze_stages  # the model and data set-up are shared with it
+from sqr.utils.cli import default_argument_parser
+
+if TYPE_CHECKING:
+    import torch
+
+# Everything that imports torch is imported inside the functions, so that --help (parsed before
+# any of them runs) answers without loading it.
 
 logger = logging.getLogger("sqr.visualize")
 
@@ -88,6 +90,8 @@ def stage_panels(
         top_k: queries kept per stage, by score.
         min_score: queries below it are dropped.
     """
+    from sqr.evaluation.stage_analysis import match_stage
+
     panels = []
     for boxes, scores, labels in zip(
         prediction["boxes"], prediction["scores"], prediction["labels"], strict=True
@@ -156,6 +160,10 @@ def draw_grid(rows: list[dict], class_names: list[str], path: str) -> None:
 
 
 def main(args) -> str:
+    from sqr.data import build_detection_test_loader
+    from sqr.data.catalog import load_dataset
+    from sqr.evaluation.stages import predict_stages, query_predictions
+
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     cfg = analyze_stages.setup(args, default_subdir="visualize")
