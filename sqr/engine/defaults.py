@@ -7,6 +7,7 @@ import datetime
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,12 +28,14 @@ from .launch import launch
 logger = logging.getLogger(__name__)
 
 
-def default_setup(cfg: DictConfig, args: argparse.Namespace) -> None:
+def default_setup(cfg: DictConfig, args: argparse.Namespace, *, save_config: bool = True) -> None:
     """Output directory, logging, environment report, ``config.yaml`` and seeding.
 
     Args:
         cfg: the full config (``cfg.train.output_dir``, ``cfg.train.seed`` are read).
         args: parsed command line.
+        save_config: write ``config.yaml`` now; train_net writes its record itself, once the
+            run is known to go ahead (:func:`save_config_record`).
     """
     output_dir = cfg.train.output_dir
     rank = comm.get_rank()
@@ -49,7 +52,7 @@ def default_setup(cfg: DictConfig, args: argparse.Namespace) -> None:
         path = resolve_config_file(args.config_file)
         with open(path, encoding="utf-8") as f:
             logger.info("Contents of %s:\n%s", path, f.read())
-    if comm.is_main_process() and output_dir:
+    if save_config and comm.is_main_process() and output_dir:
         path = os.path.join(output_dir, "config.yaml")
         LazyConfig.save(cfg, path)
         logger.info("Full config saved to %s", path)
@@ -70,6 +73,35 @@ def default_setup(cfg: DictConfig, args: argparse.Namespace) -> None:
     if cfg.train.device == "cpu":
         # The README's measured CPU speed-up, without an environment variable to remember.
         keep_freed_memory()
+
+
+_RESUME_RECORD = re.compile(r"config\.resume(\d+)\.yaml")
+
+
+def save_config_record(cfg: DictConfig, output_dir: str, *, kind: str) -> str:
+    """Write the config of a run into its output directory without overwriting an earlier
+    run's record.
+
+    Args:
+        cfg: the config as loaded, overrides applied (before any object was put into it).
+        output_dir: the run's directory.
+        kind: "train" (a run that starts at iteration 0: ``config.yaml``), "resume" (the N-th
+            resumed run: ``config.resumeN.yaml``, or ``config.yaml`` when there is none yet)
+            or "eval" (``--eval-only``: ``config.eval.yaml``, next to ``eval_results.json``).
+
+    Returns:
+        The path written.
+    """
+    if kind not in ("train", "resume", "eval"):
+        raise ValueError(f"kind must be 'train', 'resume' or 'eval', got {kind!r}")
+    name = "config.eval.yaml" if kind == "eval" else "config.yaml"
+    if kind == "resume" and os.path.exists(os.path.join(output_dir, name)):
+        numbers = [int(m[1]) for f in os.listdir(output_dir) if (m := _RESUME_RECORD.fullmatch(f))]
+        name = f"config.resume{max(numbers, default=0) + 1}.yaml"
+    path = os.path.join(output_dir, name)
+    LazyConfig.save(cfg, path)
+    logger.info("Full config saved to %s", path)
+    return path
 
 
 def resolve_device(name: str) -> str:
@@ -255,6 +287,47 @@ def check_optimizer_options(cfg: DictConfig) -> None:
     for section in ("optimizer", "lr_multiplier"):
         if isinstance(cfg.get(section), DictConfig):
             check(cfg[section], section)
+
+
+def check_dataset_images(dataset: Any, key: str) -> None:
+    """Resolve a config's dataset and check that every image file it lists exists.
+
+    Run before the first iteration, for the test dataset too: a typo in its name or a missing
+    image would otherwise surface only in the evaluation after training. One ``stat`` per image
+    (the records are cached, so the loaders do not read the annotations again).
+
+    Args:
+        dataset: ``dataloader.train.dataset`` or ``dataloader.test.dataset``: a registered
+            name, names, or a list of records.
+        key: the config key, for the messages.
+
+    Raises:
+        KeyError: a dataset name is not registered.
+        FileNotFoundError: image files are missing; the first few are listed.
+    """
+    from sqr.data.catalog import load_dataset
+
+    items = [dataset] if isinstance(dataset, str) else list(dataset)
+    records = []
+    for item in items:
+        if not isinstance(item, str):
+            records.append(item)
+            continue
+        try:
+            records.extend(load_dataset(item)[0])
+        except KeyError as e:
+            raise KeyError(f"{key} {item!r}: {e.args[0]}") from None
+    missing = [
+        record["file_name"]
+        for record in records
+        if "file_name" in record and not os.path.isfile(record["file_name"])
+    ]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise FileNotFoundError(
+            f"{key} {dataset!r}: {len(missing)} of {len(records)} image files do not exist: "
+            f"{', '.join(missing[:5])}{more}"
+        )
 
 
 def check_num_classes(model: torch.nn.Module, dataset: Any) -> None:

@@ -149,8 +149,19 @@ class Trainer:
                         hook.after_step()
                 self.verify_state()
                 self.iter = self.storage.iter = max_iter
-            except Exception:
-                logger.exception("Exception during training at iteration %d:", self.iter)
+            except Exception as e:
+                # One line on the console and the traceback in log.txt only (DEBUG): the
+                # exception goes on to the caller, and the interpreter (or the launcher, for a
+                # spawned rank) prints its traceback once.
+                logger.error(
+                    "Exception during training at iteration %d: %s: %s",
+                    self.iter,
+                    type(e).__name__,
+                    e,
+                )
+                logger.debug(
+                    "Traceback of the exception at iteration %d:", self.iter, exc_info=True
+                )
                 raise
             finally:
                 for hook in self.hooks:

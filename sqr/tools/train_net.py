@@ -15,6 +15,7 @@ model_XXXXXXX.pth, model_final.pth, last_checkpoint, inference/ (and eval_result
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -74,6 +75,31 @@ def max_iterations(cfg: DictConfig, loader) -> int:
     return max_iter if max_iter is not None else max_epochs * per_epoch
 
 
+def _optimizer_settings(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """Each param group's hyperparameters but its lr (which the scheduler sets)."""
+    return [
+        {k: v for k, v in group.items() if k not in ("params", "lr", "initial_lr")}
+        for group in optimizer.param_groups
+    ]
+
+
+def _apply_optimizer_settings(optimizer: torch.optim.Optimizer, configured: list[dict]) -> None:
+    """After a resume: the optimizer's loaded state brought back the checkpoint's settings
+    (weight decay, betas, ...); those of the config win, and each difference is logged."""
+    for index, (group, settings) in enumerate(zip(optimizer.param_groups, configured, strict=True)):
+        for key, value in settings.items():
+            if group.get(key) != value:
+                logger.warning(
+                    "Resuming with other optimizer settings: param group %d has %s %s in the "
+                    "checkpoint, %s in the config; the config's apply",
+                    index,
+                    key,
+                    group.get(key),
+                    value,
+                )
+                group[key] = value
+
+
 def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
     """Train ``model`` in place, resuming from ``train.output_dir`` with ``--resume``."""
     from torch.nn.parallel import DistributedDataParallel
@@ -92,13 +118,21 @@ def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
         restore_rng_state,
     )
     from sqr.engine.compile import compile_options
-    from sqr.engine.defaults import check_optimizer_options
+    from sqr.engine.defaults import (
+        check_dataset_images,
+        check_optimizer_options,
+        save_config_record,
+    )
     from sqr.utils import comm
     from sqr.utils.events import CommonMetricPrinter, JSONWriter, TensorboardWriter
 
     check_train_options(cfg.train)
     check_optimizer_options(cfg)
     check_num_classes(model, cfg.dataloader.train.dataset)
+    check_dataset_images(cfg.dataloader.train.dataset, "dataloader.train.dataset")
+    if "evaluator" in cfg.dataloader:  # evaluated during or after training: check it now
+        check_dataset_images(cfg.dataloader.test.dataset, "dataloader.test.dataset")
+    record = copy.deepcopy(cfg)  # the config as given, written once the run goes ahead
     model.train()
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -127,16 +161,26 @@ def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
         scheduler=scheduler,
         trainer=trainer,
     )
+    configured = _optimizer_settings(optimizer)
     extra = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     resuming = checkpointer.resumed_from is not None
     start_iter = extra.get("iteration", -1) + 1 if resuming else 0
     if resuming:
+        if start_iter >= max_iter:
+            raise ValueError(
+                f"--resume: {checkpointer.resumed_from} ends at iteration {start_iter}, and "
+                f"train.max_iter is {max_iter}: nothing left to train (raise train.max_iter to "
+                "train longer)"
+            )
+        _apply_optimizer_settings(optimizer, configured)
         rng = extra.get("rng")
         if rng is not None and len(rng) == comm.get_world_size():
             restore_rng_state(rng[comm.get_rank()])
         else:
             logger.warning("checkpoint has no RNG state for this world size; keeping fresh seeds")
     train_loader.batch_sampler.start_iter = start_iter
+    if comm.is_main_process() and cfg.train.output_dir:
+        save_config_record(record, cfg.train.output_dir, kind="resume" if resuming else "train")
 
     writers = []
     if comm.is_main_process():
@@ -168,10 +212,13 @@ def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
 def do_eval_only(cfg: DictConfig, args, model: torch.nn.Module) -> dict:
     """Load ``train.init_checkpoint``, evaluate, and write ``eval_results.json``."""
     from sqr.engine import load_trained_weights
+    from sqr.engine.defaults import save_config_record
     from sqr.utils import comm
 
     path = cfg.train.init_checkpoint
     load_trained_weights(model, path, purpose="--eval-only")
+    if comm.is_main_process() and cfg.train.output_dir:
+        save_config_record(cfg, cfg.train.output_dir, kind="eval")
     results = do_test(cfg, model)
     if comm.is_main_process() and cfg.train.output_dir:
         record = {
@@ -189,7 +236,9 @@ def setup(args) -> DictConfig:
     from sqr.engine import default_setup, load_config
 
     cfg = load_config(args)
-    default_setup(cfg, args)
+    # The config record is written once the run goes ahead (a refused --resume must not
+    # overwrite it): by do_train or do_eval_only.
+    default_setup(cfg, args, save_config=False)
     return cfg
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import torch
 from helpers.standin import StandInDetector
 from helpers.train_net import load_train_net, run_standin
 
+from sqr.data import register_coco_instances
+from sqr.data.mapper import ImageReadError
 from sqr.engine import IncompatibleCheckpointError
 
 
@@ -243,3 +246,62 @@ def test_result_files_are_strict_json(train_net, datasets_dir, tmp_path: Path) -
     assert saved["results"]["bbox"]["APl"] is None
     rows = [strict_json(line) for line in (tmp_path / "train" / "metrics.json").open()]
     assert any(row.get("bbox/APl", 0) is None for row in rows)
+
+
+def copy_with_missing_image(synthetic_root: Path, tmp_path: Path, split: str, name: str) -> Path:
+    """Register a copy of the small synthetic ``split`` whose first image file is deleted;
+    returns the deleted file's path."""
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root / split, root / split)
+    annotations = json.loads((synthetic_root / "annotations" / f"{split}.json").read_text())
+    missing = root / split / annotations["images"][0]["file_name"]
+    missing.unlink()
+    register_coco_instances(
+        name, str(synthetic_root / "annotations" / f"{split}.json"), str(root / split)
+    )
+    return missing
+
+
+def test_unknown_test_dataset_fails_before_training(
+    train_net, datasets_dir, tmp_path: Path
+) -> None:
+    with pytest.raises(KeyError, match=r"dataloader\.test\.dataset.*'my_vla'"):
+        run_standin(train_net, tmp_path, "dataloader.test.dataset=my_vla")
+    assert not (tmp_path / "metrics.json").exists() and not list(tmp_path.glob("model_*"))
+
+
+@pytest.mark.parametrize("split", ["val", "train"])
+def test_missing_image_fails_before_training(
+    train_net, datasets_dir, synthetic_root: Path, tmp_path: Path, split: str
+) -> None:
+    name = f"synthetic_small_{split}_missing_image"
+    missing = copy_with_missing_image(synthetic_root, tmp_path, split, name)
+    key = "dataloader.test.dataset" if split == "val" else "dataloader.train.dataset"
+    with pytest.raises(FileNotFoundError) as info:
+        run_standin(train_net, tmp_path / "out", f"{key}={name}")
+    message = str(info.value)
+    assert f"{key} {name!r}: 1 of" in message and str(missing) in message
+    assert not (tmp_path / "out" / "metrics.json").exists()
+    assert not list((tmp_path / "out").glob("model_*"))
+
+
+def test_error_in_training_is_reported_once(
+    train_net, datasets_dir, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    original = StandInDetector.losses
+    calls = {"n": 0}
+
+    def unreadable_at_iteration_2(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise ImageReadError("cannot read image /data/x.jpg: truncated")
+        return original(self, *args)
+
+    monkeypatch.setattr(StandInDetector, "losses", unreadable_at_iteration_2)
+    with pytest.raises(ImageReadError):
+        run_standin(train_net, tmp_path, "train.max_iter=4")
+    console = capsys.readouterr().out
+    assert "Exception during training at iteration 2: ImageReadError: cannot read image" in console
+    assert "Traceback" not in console  # the interpreter prints it, once
+    log = (tmp_path / "log.txt").read_text()
+    assert log.count("Traceback (most recent call last)") == 1  # and log.txt keeps it
