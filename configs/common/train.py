@@ -26,4 +26,7 @@ train = dict(
     # TF32 tensor cores (several times faster on Ampere and later, 10-bit mantissa products);
     # "highest" is full fp32. Ignored on CPU.
     float32_matmul_precision="high",
+    # torch.compile the model's forward in the trainer (sqr.engine.compile): False (eager), True
+    # (inductor, torch.compile's defaults) or dict(backend=..., mode=..., dynamic=..., ...).
+    compile=False,
 )

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -81,6 +82,10 @@ class Trainer:
         log_period: iterations between the reads of the losses into the event storage (the
             writers' period): in between they stay on the device, so that logging costs one
             synchronisation per period, not one per loss term and step.
+        compile_options: keyword arguments of ``torch.compile`` for the model's forward
+            (compiled in place, so parameter names and checkpoints stay those of the eager
+            model; the matcher's host solve breaks the graph), or None for eager
+            (:func:`sqr.engine.compile.compile_options` reads ``train.compile``).
     """
 
     def __init__(
@@ -93,6 +98,7 @@ class Trainer:
         clip_grad_max_norm: float | None = None,
         clip_grad_norm_type: float = 2.0,
         log_period: int = 20,
+        compile_options: dict[str, Any] | None = None,
     ) -> None:
         device = next(model.parameters()).device
         if amp_dtype is not None and amp_dtype not in _AMP_DTYPES:
@@ -100,6 +106,8 @@ class Trainer:
         check_positive(log_period=log_period)
         if clip_grad_max_norm is not None and not clip_grad_max_norm > 0:
             raise ValueError(f"clip_grad_max_norm must be positive, got {clip_grad_max_norm!r}")
+        if compile_options is not None:
+            model.compile(**compile_options)
         self.model = model
         self.data_loader = data_loader
         self.optimizer = optimizer
