@@ -291,6 +291,8 @@ def section_compile(ctx: Context) -> None:
             continue
         try:
             overrides = ctx.overrides(detector, *detector.no_dropout)
+            if args.tiny:  # tracing the whole tiny model takes minutes of CPU: two stages
+                overrides += ["model.encoder.num_layers=1", "model.decoder.num_layers=2"]
             model = checks.build_model(path, overrides, args.device).train()
             batch = ctx.batch(model)
             if compiled:
