@@ -12,6 +12,7 @@ import torch
 from helpers import tiny
 
 from sqr.tools import _device_checks as checks
+from sqr.tools import _step_timing as timing
 from sqr.tools import gpu_check
 
 DRY_RUN = ["--device", "cpu", "--tiny"]
@@ -32,6 +33,7 @@ def section(report: str, title: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # every section and detector, traced compile included
 def test_dry_run_writes_a_passing_report(tmp_path: Path) -> None:
     out = tmp_path / "nested" / "report.md"
     assert gpu_check.main([*DRY_RUN, "--output", str(out)]) == 0
@@ -191,3 +193,29 @@ def test_bad_input_fails_naming_it(capsys, argv: list[str], named: str) -> None:
 def test_cuda_without_a_gpu_fails_naming_the_dry_run(capsys) -> None:
     assert gpu_check.main(["--device", "cuda"]) == 2
     assert "--device cpu" in capsys.readouterr().err
+
+
+class LossModel(torch.nn.Module):
+    """A model in the detectors' contract: a batch in, a dict of losses out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 1)
+
+    def forward(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        x = torch.stack([b["x"] for b in batch])
+        return {"loss": self.linear(x).float().pow(2).mean()}
+
+
+@pytest.mark.parametrize("precision", list(timing.PRECISIONS))
+def test_every_precision_steps_and_times(precision: str) -> None:
+    torch.manual_seed(0)
+    model = LossModel()
+    before = model.linear.weight.detach().clone()
+    step = timing.Stepper(model, precision, "cpu")
+    assert (step.scaler is not None) == (precision == "fp16")  # fp16 trains with a GradScaler
+    times = timing.time_steps(step, [{"x": torch.ones(4)}] * 2, iters=2, warmup=1)
+    assert not torch.equal(model.linear.weight, before)  # three optimizer steps ran
+    assert times.forward_ms > 0 and times.backward_ms > 0 and times.host_match_ms == 0.0
+    assert times.step_ms == times.forward_ms + times.backward_ms
+    assert times.peak_mb is None and times.loss > 0  # no CUDA memory off CUDA
