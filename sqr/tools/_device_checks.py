@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from sqr.config import LazyConfig, instantiate
-from sqr.tools.benchmark import synthetic_batch
+from sqr.tools._workload import synthetic_batch
 
 MB = 1024.0**2
 SYNC_WARNING = "synchronizing CUDA operation"  # what set_sync_debug_mode("warn") warns with

@@ -48,16 +48,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from omegaconf import OmegaConf
-
-from sqr.config import LazyConfig, instantiate
-from sqr.engine import resolve_config_file
-from sqr.tools._workload import HostMatchingTimer, synthetic_batch
-from sqr.utils.env import keep_freed_memory
+from sqr.config import LazyConfig
 from sqr.utils.file_io import write_json
+
+if TYPE_CHECKING:
+    import torch
+
+# Everything that imports torch is imported inside the functions, so that --help (parsed before
+# any of them runs) answers without loading it.
 
 MB = 1024.0**2
 RATIO_KEYS = ("train_step_s", "peak_memory_mb", "train_memory_mb", "inference_s_per_img")
@@ -119,6 +119,8 @@ def _peak_rss_bytes() -> int:
 
 def _timed(fn: Callable[[], None], iters: int, warmup: int, cuda: bool) -> list[float]:
     """Seconds of each of ``iters`` calls of ``fn``, after ``warmup`` untimed ones."""
+    import torch
+
     times = []
     for i in range(warmup + iters):
         if cuda:  # kernels are asynchronous: wait for the previous work before starting the clock
@@ -134,6 +136,8 @@ def _timed(fn: Callable[[], None], iters: int, warmup: int, cuda: bool) -> list[
 
 def _tensors(obj: Any) -> Iterator[torch.Tensor]:
     """Every tensor in a nest of tuples, lists and dicts."""
+    import torch
+
     if isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, (list, tuple)):
@@ -147,6 +151,8 @@ def _tensors(obj: Any) -> Iterator[torch.Tensor]:
 def _fresh_leaf(x: Any) -> Any:
     """A detached view of a floating tensor, requiring grad (so backward reaches the inputs,
     as it does inside the full step); anything else unchanged."""
+    import torch
+
     if isinstance(x, torch.Tensor):
         return x.detach().requires_grad_(x.is_floating_point())
     return x
@@ -154,6 +160,11 @@ def _fresh_leaf(x: Any) -> Any:
 
 def measure_variant(args: argparse.Namespace) -> dict[str, Any]:
     """Build the model of ``args`` and measure it in this process (the child side)."""
+    import torch
+
+    from sqr.config import instantiate
+    from sqr.tools._workload import HostMatchingTimer, synthetic_batch
+
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     cuda = args.device == "cuda"
@@ -295,6 +306,11 @@ def validate(args: argparse.Namespace) -> dict[str, list[str]]:
     Raises:
         BenchmarkError: naming the bad value.
     """
+    import torch
+    from omegaconf import OmegaConf
+
+    from sqr.engine import resolve_config_file
+
     for flag, value, low in (
         ("--batch-size", args.batch_size, 1),
         ("--height", args.height, 32),  # the usual backbone stride: at least one feature pixel
@@ -393,6 +409,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success, 2 on bad input, 1 when a variant fails (the reason goes to stderr).
     """
     args = build_parser().parse_args(argv)
+    import torch
+
+    from sqr.utils.env import keep_freed_memory
+
     if args._child is not None:
         kept = args.keep_freed_memory and keep_freed_memory()
         if args.keep_freed_memory and not kept:

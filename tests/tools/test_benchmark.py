@@ -51,7 +51,7 @@ def test_compare_sqr_writes_consistent_json(bench: ModuleType, tmp_path: Path) -
         assert len(result["host_match_times_s"]) == 2
         assert 0 < result["host_match_s"] < result["train_step_s"], name
         assert result["host_match_solves_per_step"] > 0, name
-        fed = benchmark.synthetic_batch(1, 64, 64, num_classes=5, seed=0)
+        fed = _workload.synthetic_batch(1, 64, 64, num_classes=5, seed=0)
         assert result["boxes_per_image"] == [len(x["targets"]["labels"]) for x in fed]
         assert len(result["train_step_times_s"]) == 2
         # The median of two timed steps is their mean.
@@ -115,9 +115,9 @@ def test_bad_numbers_fail_naming_them(bench: ModuleType, capsys, flag: str, valu
     assert flag in err and value in err
 
 
-def test_synthetic_boxes_are_valid_and_reproducible(bench: ModuleType) -> None:
-    batch = bench.synthetic_batch(3, 48, 80, num_classes=5, seed=1)
-    again = bench.synthetic_batch(3, 48, 80, num_classes=5, seed=1)
+def test_synthetic_boxes_are_valid_and_reproducible() -> None:
+    batch = _workload.synthetic_batch(3, 48, 80, num_classes=5, seed=1)
+    again = _workload.synthetic_batch(3, 48, 80, num_classes=5, seed=1)
     for x, y in zip(batch, again, strict=True):
         assert x["image"].shape == (3, 48, 80) and x["image"].equal(y["image"])
         boxes = x["targets"]["boxes"]
