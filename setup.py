@@ -30,7 +30,12 @@ TOOLS = {  # command -> module in sqr.tools, one per tools/<module>.py script
     "sqr-demo": "demo",
     "sqr-analyze-model": "analyze_model",
     "sqr-gpu-check": "gpu_check",
+    "sqr-export": "export_model",
 }
+
+
+# sqr-export and Predictor(backend="onnxruntime"): write, check and run ONNX graphs.
+DEPLOY = ["onnx>=1.16", "onnxruntime>=1.18"]
 
 
 class BuildWithConfigs(build_py):
@@ -85,8 +90,10 @@ setup(
             # tests/test_install.py builds the wheel offline (--no-build-isolation): the build
             # backend must be in the environment; 70.1 has bdist_wheel without the wheel package.
             "setuptools>=70.1",
+            *DEPLOY,  # tests/export runs the exported graphs
         ],
         "tensorboard": ["tensorboard>=2.10"],
+        "deploy": DEPLOY,
     },
     entry_points={
         "console_scripts": [f"{cmd} = sqr.tools.{mod}:invoke_main" for cmd, mod in TOOLS.items()]

@@ -27,6 +27,9 @@ __all__ = ["ImageInput", "Predictor"]
 
 logger = logging.getLogger(__name__)
 
+# The exported backends and the file each runs (written by sqr-export).
+_EXPORTED_SUFFIX = {"onnxruntime": ".onnx", "torch-export": ".pt2"}
+
 #: One image: a file path, a PIL image, or an H x W x 3 uint8 RGB array.
 ImageInput: TypeAlias = str | os.PathLike | PILImage.Image | np.ndarray
 
@@ -129,14 +132,21 @@ class Predictor:
     past the dataset's classes (a model with more classes than its data) is named the same way.
     Reading the metadata of a built-in synthetic dataset generates it on first use.
 
+    With ``backend="onnxruntime"`` (or ``"torch-export"``) ``weights`` is a model exported by
+    ``sqr-export`` (``model.onnx``, run by onnxruntime on the CPU; ``model.pt2``), which gives
+    the PyTorch backend's detections (README, Deploy); the config still gives the test
+    transform and the class names. Consecutive images of one size form a batch there.
+
     Args:
         cfg: The training config, or the path of its file (loaded with ``LazyConfig.load``).
         weights: Checkpoint to load; default ``cfg.train.init_checkpoint``.
         device: Torch device name; default ``cfg.train.device`` ("auto": CUDA when visible).
         batch_size: Images per forward pass when called with a list.
+        backend: ``"pytorch"``, ``"onnxruntime"`` or ``"torch-export"``.
 
     Attributes:
-        model: The detector, in eval mode on :attr:`device`.
+        model: The detector, in eval mode on :attr:`device` (an
+            :class:`sqr.export.ExportedDetector` for the exported backends).
         device: The torch device it runs on.
         transform: The test transform.
         class_names: Names of the contiguous labels ``0..K-1`` (``[]`` when unknown).
@@ -149,7 +159,11 @@ class Predictor:
         *,
         device: str | None = None,
         batch_size: int = 1,
+        backend: str = "pytorch",
     ) -> None:
+        if backend not in _EXPORTED_SUFFIX and backend != "pytorch":
+            choices = ", ".join(["pytorch", *_EXPORTED_SUFFIX])
+            raise ValueError(f"Predictor backend must be one of {choices}, got {backend!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"Predictor batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(cfg, str | os.PathLike):
@@ -163,6 +177,18 @@ class Predictor:
         self.batch_size = batch_size
         self.transform = instantiate(augmentation)
         self.class_names = _dataset_class_names(cfg)
+        if backend in _EXPORTED_SUFFIX:
+            suffix = _EXPORTED_SUFFIX[backend]
+            if not weights or not os.fspath(weights).endswith(suffix):
+                raise ValueError(
+                    f"Predictor backend {backend!r} needs weights=<the exported {suffix} file>, "
+                    f"got {weights!r}"
+                )
+            from sqr.export import ExportedDetector  # onnxruntime is an extra: import on use
+
+            self.device = torch.device("cpu")
+            self.model = ExportedDetector(weights)
+            return
         model = instantiate(cfg.model)
         load_trained_weights(
             model, weights or cfg.train.get("init_checkpoint", ""), purpose="Predictor"

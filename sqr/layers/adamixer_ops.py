@@ -286,8 +286,9 @@ class AdaptiveMixing(nn.Module):
         channel_mix = channel_mix.reshape(*params.shape[:3], self.channels, self.channels)
         spatial_mix = spatial_mix.reshape(*params.shape[:3], self.out_points, self.in_points)
         x = torch.matmul(sampled, channel_mix)  # [B, N, G, P, c]
-        # In-place ReLU: LayerNorm's backward needs its input, not its output.
-        x = F.relu(F.layer_norm(x, x.shape[-2:]), inplace=True)
+        # In-place ReLU: LayerNorm's backward needs its input, not its output. The normalised
+        # shapes are ints, not x.shape (which an ONNX trace records as tensors LayerNorm refuses).
+        x = F.relu(F.layer_norm(x, (self.in_points, self.channels)), inplace=True)
         x = torch.matmul(spatial_mix, x)  # [B, N, G, P_out, c]
-        x = F.relu(F.layer_norm(x, x.shape[-2:]), inplace=True)
+        x = F.relu(F.layer_norm(x, (self.out_points, self.channels)), inplace=True)
         return query + self.out_proj(x.flatten(2))

@@ -13,6 +13,8 @@ wrapper in a checkout (``sqr-train`` is ``python tools/train_net.py``):
 * ``sqr-analyze-model`` (:mod:`~sqr.tools.analyze_model`): parameters and FLOPs per module.
 * ``sqr-gpu-check`` (:mod:`~sqr.tools.gpu_check`): equivalence, precision, sync and speed checks
   on a GPU, as a markdown report.
+* ``sqr-export`` (:mod:`~sqr.tools.export_model`): a trained model as ONNX or torch.export,
+  checked against eager PyTorch.
 
 Separate commands rather than one ``sqr`` command with subcommands: each keeps its own parser,
 so ``--help``, detectron2's flags (``--config-file``, ``--num-gpus``, ``--eval-only``, ...) and

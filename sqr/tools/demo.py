@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default=None, help="torch device (default: the config's train.device)"
     )
     parser.add_argument(
+        "--onnx",
+        default=None,
+        metavar="FILE",
+        help="run this model.onnx from sqr-export in onnxruntime (CPU) instead of the checkpoint",
+    )
+    parser.add_argument(
         "--skip-bad-images",
         action="store_true",
         help="skip images that cannot be read, name them at the end, and go on (default: stop at "
@@ -278,7 +284,10 @@ def main(args: argparse.Namespace) -> float:
                 f"{out}; choose another output directory"
             )
     cfg = load_config(args)  # --config-file may also be a config name, as for every tool
-    predictor = Predictor(cfg, device=args.device, batch_size=args.batch_size)
+    if args.onnx:  # the config still gives the test transform and the class names
+        predictor = Predictor(cfg, args.onnx, batch_size=args.batch_size, backend="onnxruntime")
+    else:
+        predictor = Predictor(cfg, device=args.device, batch_size=args.batch_size)
     output_dir.mkdir(parents=True, exist_ok=True)
 
     results: list[dict[str, Any]] = []

@@ -55,7 +55,8 @@ class InitialQueryGenerator(nn.Module):
         content = F.layer_norm(self.content.weight, (channels,))
         whole = torch.cat([torch.zeros_like(image_sizes), image_sizes.flip(-1)], dim=-1)
         xyzr = xyxy_to_xyzr(whole.to(content.dtype))[:, None].expand(-1, num_queries, -1)
-        return content.expand(len(image_sizes), -1, -1), xyzr
+        # shape[0], not len(): an ONNX trace records len() as a constant batch size.
+        return content.expand(image_sizes.shape[0], -1, -1), xyzr
 
 
 class AdaMixer(QueryDetector):
