@@ -65,9 +65,19 @@ def inference_latency(
         Per batch size {"batch", "eager_ms", "onnxruntime_ms"}.
     """
     ort = import_onnxruntime()
+    previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    detector = prepare_for_export(detector)
+    try:
+        return _measure(
+            ort, prepare_for_export(detector), height, width, batch_sizes, iters, warmup, threads
+        )
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _measure(ort, detector, height, width, batch_sizes, iters, warmup, threads):
+    """:func:`inference_latency` once the threads are set."""
     graph = DeployableDetector(detector)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
