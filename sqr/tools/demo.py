@@ -7,6 +7,10 @@ r"""Run a trained detector on your own images and draw what it finds.
         --output out --confidence-threshold 0.3 --batch-size 4 --device cpu \
         train.init_checkpoint=model.pth
 
+``--onnx model.onnx`` (written by ``sqr-export``) runs the exported graph in onnxruntime on the
+CPU instead of the checkpoint, with the same detections (:class:`sqr.engine.Predictor`'s
+``backend="onnxruntime"``); the config still gives the test transform and the class names.
+
 ``--input`` takes image files, directories (every .jpg, .jpeg, .png, .bmp, .tif, .tiff and .webp
 directly inside, sorted by name) and globs (quoted, so that this tool expands them; ``**``
 recurses; image files only, sorted). Images are decoded like training images
