@@ -2,5 +2,6 @@
 projections, both :class:`ChannelMapper`)."""
 
 from .channel_mapper import ChannelMapper
+from .hybrid_encoder import HybridEncoder
 
-__all__ = ["ChannelMapper"]
+__all__ = ["ChannelMapper", "HybridEncoder"]
