@@ -85,8 +85,9 @@ def sine_box_embedding(
     Returns:
         Tensor[..., D * num_feats].
     """
-    order = [1, 0, *range(2, boxes.shape[-1])]
-    return sine_embedding(boxes[..., order] * (2 * math.pi), num_feats, temperature)
+    # Slices, not indexing with a list: a list index is a tensor copied from the host.
+    swapped = torch.cat([boxes[..., 1:2], boxes[..., 0:1], boxes[..., 2:]], dim=-1)
+    return sine_embedding(swapped * (2 * math.pi), num_feats, temperature)
 
 
 def sine_embedding(coords: torch.Tensor, num_feats: int, temperature: float) -> torch.Tensor:

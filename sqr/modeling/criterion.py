@@ -4,6 +4,10 @@ Every group is matched on its own (:class:`~sqr.modeling.matcher.HungarianMatche
 same focal classification, L1 box and GIoU losses with the same weights; the losses of all groups
 are computed in one vectorised pass and then summed over the groups of each stage. A later stage
 therefore weighs more only because SQR gives it more groups.
+
+Every loss is divided by the average target count per process (:meth:`SetCriterion.num_boxes`,
+an all-reduce). A detector takes it once per step and gives it to every loss call of that step,
+so that every rank makes the same collectives whatever its batch holds.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
 from sqr.layers.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
+from sqr.layers.constants import constant_tensor
 from sqr.modeling.matcher import HungarianMatcher
 from sqr.modeling.set_prediction import (
+    MatchedPairs,
     check_giou_eps,
     check_l1_box_format,
     check_predictions,
@@ -88,6 +94,7 @@ class SetCriterion(nn.Module):
         pred_boxes: Tensor,
         targets: list[dict[str, Tensor]],
         group_stage: Sequence[int],
+        num_boxes: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Weighted losses of all query groups, summed per decoder stage.
 
@@ -97,6 +104,8 @@ class SetCriterion(nn.Module):
             targets: ``B`` dicts with ``"labels"`` (int64 [N_b]) and ``"boxes"`` (float [N_b, 4],
                 normalised cxcywh).
             group_stage: length ``G``, the decoder stage of each group.
+            num_boxes: the step's :meth:`num_boxes`; None takes it here (a collective: a caller
+                with several loss calls per step takes it once and passes it to each).
 
         Returns:
             ``{f"{name}_s{stage}": scalar}`` for each name in :data:`LOSS_NAMES` and each stage
@@ -104,8 +113,47 @@ class SetCriterion(nn.Module):
             groups of that stage.
         """
         self._check(pred_logits, pred_boxes, targets, group_stage)
-        indices = self.matcher(pred_logits, pred_boxes, targets)
-        return self.matched_losses(pred_logits, pred_boxes, targets, group_stage, indices)
+        pairs = self.matcher(pred_logits, pred_boxes, targets)
+        return self.matched_losses(pred_logits, pred_boxes, targets, group_stage, pairs, num_boxes)
+
+    def joint_losses(
+        self,
+        calls: Sequence[tuple[Tensor, Tensor, list[dict[str, Tensor]], Sequence[int]]],
+        num_boxes: Tensor,
+    ) -> list[dict[str, Tensor]]:
+        """:meth:`forward` for every loss call of one step (decoder groups, encoder proposals)
+        with their matchings solved together: one device-to-host copy for all of them.
+
+        Args:
+            calls: ``(pred_logits, pred_boxes, targets, group_stage)`` of each call.
+            num_boxes: the step's :meth:`num_boxes`.
+
+        Returns:
+            The losses of each call, in order, as :meth:`forward` returns them.
+        """
+        for logits, boxes, targets, group_stage in calls:
+            self._check(logits, boxes, targets, group_stage)
+        pairs = self.matcher.match(
+            [(logits, boxes, targets) for logits, boxes, targets, _ in calls]
+        )
+        return [
+            self.matched_losses(*call, matched, num_boxes)
+            for call, matched in zip(calls, pairs, strict=True)
+        ]
+
+    def num_boxes(self, targets: Sequence[dict[str, Tensor]]) -> Tensor:
+        """Average number of target boxes per process, at least 1 (a 0-d float32 tensor on the
+        targets' device): one all-reduce, which every rank must make once per step.
+
+        Args:
+            targets: this process's targets of the step (``"labels"`` of each image).
+        """
+        if not targets:
+            raise ValueError("num_boxes needs the targets of at least one image")
+        count = float(sum(int(t["labels"].shape[0]) for t in targets))
+        # A fill on the device, not a host scalar copied to it (a synchronisation on CUDA).
+        local = torch.full((), count, dtype=torch.float32, device=targets[0]["labels"].device)
+        return (all_reduce_sum(local) / get_world_size()).clamp(min=1)
 
     def matched_losses(
         self,
@@ -113,27 +161,30 @@ class SetCriterion(nn.Module):
         pred_boxes: Tensor,
         targets: list[dict[str, Tensor]],
         group_stage: Sequence[int],
-        indices: list[list[tuple[Tensor, Tensor]]],
+        pairs: MatchedPairs,
+        num_boxes: Tensor | None = None,
         num_boxes_factor: float = 1.0,
     ) -> dict[str, Tensor]:
-        """:meth:`forward` with the assignment given instead of matched: for queries whose
-        targets are fixed by construction (DINO's denoising queries).
+        """:meth:`forward` with the assignment given instead of matched: for matchings solved
+        together (:meth:`HungarianMatcher.match`) and for queries whose targets are fixed by
+        construction (DINO's denoising queries).
 
         Args:
-            pred_logits, pred_boxes, targets, group_stage: as in :meth:`forward`.
-            indices: ``indices[g][b] = (query_idx, target_idx)``, int64 tensors of equal length.
-            num_boxes_factor: the losses are divided by ``num_boxes * num_boxes_factor`` (the
-                clamped average target count times it), for supervision that repeats each
-                target that many times.
+            pred_logits, pred_boxes, targets, group_stage, num_boxes: as in :meth:`forward`.
+            pairs: the matched pairs, on the predictions' device.
+            num_boxes_factor: the losses are divided by ``num_boxes * num_boxes_factor``, for
+                supervision that repeats each target that many times.
 
         Returns:
             As :meth:`forward`.
         """
         stages = self._check(pred_logits, pred_boxes, targets, group_stage)
         device = pred_logits.device
-        labels, boxes, _, counts = pad_targets(targets, device)
-        num_boxes = self._num_boxes(sum(counts), device) * num_boxes_factor
-        g_idx, b_idx, q_idx, t_idx = self._flatten_indices(indices, device)
+        labels, boxes, _, _ = pad_targets(targets, device)
+        if num_boxes is None:
+            num_boxes = self.num_boxes(targets)
+        num_boxes = num_boxes * num_boxes_factor
+        g_idx, b_idx, q_idx, t_idx = pairs
 
         # Loss math in at least float32: half-precision sums over G * B * Q * K terms lose too
         # much, and the GIoU upcasts anyway. Gradients flow back through the casts.
@@ -147,16 +198,14 @@ class SetCriterion(nn.Module):
             ],
             dim=1,
         )  # [G, 3] in LOSS_NAMES order
-        weights = torch.tensor(
-            [self.weight_dict[k] for k in LOSS_NAMES], device=device, dtype=dtype
-        )
+        weights = constant_tensor(per_group, [self.weight_dict[k] for k in LOSS_NAMES])
         per_group = per_group * (weights / num_boxes)
 
         # Sum each stage's groups with index_add (not a membership matmul, which would let a
         # NaN in one stage leak into all of them): [S_present, 3].
         present = sorted(set(stages))
         position = {stage: i for i, stage in enumerate(present)}
-        stage_pos = torch.tensor([position[s] for s in stages], device=device)
+        stage_pos = constant_tensor(per_group, [position[s] for s in stages], dtype=torch.int64)
         per_stage = per_group.new_zeros(len(present), len(LOSS_NAMES)).index_add(
             0, stage_pos, per_group
         )
@@ -190,35 +239,6 @@ class SetCriterion(nn.Module):
                 f"{self.num_classes}"
             )
         return stages
-
-    @staticmethod
-    def _num_boxes(local_count: int, device: torch.device) -> Tensor:
-        """Average number of target boxes per process, at least 1 (a 0-d float tensor)."""
-        total = all_reduce_sum(torch.tensor(float(local_count), device=device))
-        return (total / get_world_size()).clamp(min=1)
-
-    @staticmethod
-    def _flatten_indices(
-        indices: list[list[tuple[Tensor, Tensor]]], device: torch.device
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Concatenate the matches of all (group, image) pairs.
-
-        Returns:
-            ``(group, image, query, target)`` int64 tensors of length ``M`` (total matches) on
-            ``device``; ``target`` indexes the image's padded target row.
-        """
-        groups, images, queries, tgts = [], [], [], []
-        for g, per_image in enumerate(indices):
-            for b, (q, t) in enumerate(per_image):
-                groups.append(torch.full((len(q),), g, dtype=torch.int64))
-                images.append(torch.full((len(q),), b, dtype=torch.int64))
-                queries.append(q)
-                tgts.append(t)
-        if not queries:
-            empty = torch.zeros(0, dtype=torch.int64, device=device)
-            return empty, empty, empty, empty
-        # Concatenate on the host and copy each index tensor to the device once.
-        return tuple(torch.cat(x).to(device) for x in (groups, images, queries, tgts))
 
     def _class_loss(
         self,

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from sqr.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
 from sqr.modeling.criterion import SetCriterion
+from sqr.modeling.set_prediction import MatchedPairs
 
 
 @dataclass(frozen=True)
@@ -56,23 +57,41 @@ class DenoisingQueries:
     num_targets: tuple[int, ...]
 
     def indices(self) -> list[tuple[Tensor, Tensor]]:
-        """Per image ``(query_idx, target_idx)``: each group's positive copy of target t sits at
-        query ``group * group_size + t``."""
+        """Per image ``(query_idx, target_idx)`` on the queries' device: each group's positive
+        copy of target t sits at query ``group * group_size + t``."""
+        device = self.content.device
         result = []
         for count in self.num_targets:
-            target = torch.arange(count).repeat(self.num_groups)
-            start = torch.arange(self.num_groups).repeat_interleave(count) * self.group_size
-            result.append((start + target, target))
+            target = torch.arange(count, device=device).repeat(self.num_groups)
+            start = torch.arange(self.num_groups, device=device).repeat_interleave(count)
+            result.append((start * self.group_size + target, target))
         return result
 
+    def pairs(self, num_decoded_groups: int) -> MatchedPairs:
+        """:meth:`indices` of every image for each of ``num_decoded_groups`` decoded groups,
+        built on the device (no host-device copy)."""
+        device = self.content.device
+        per_image = self.indices()
+        query = torch.cat([q for q, _ in per_image])
+        target = torch.cat([t for _, t in per_image])
+        image = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(per_image)])
+        group = torch.arange(num_decoded_groups, device=device).repeat_interleave(len(query))
+        repeat = num_decoded_groups
+        return MatchedPairs(
+            group, image.repeat(repeat), query.repeat(repeat), target.repeat(repeat)
+        )
 
-def denoising_attn_mask(num_groups: int, group_size: int, num_queries: int) -> Tensor:
+
+def denoising_attn_mask(
+    num_groups: int, group_size: int, num_queries: int, device: torch.device | None = None
+) -> Tensor:
     """Self-attention mask of ``num_groups`` denoising groups followed by the matching queries.
 
     Args:
         num_groups: denoising groups.
         group_size: queries per denoising group.
         num_queries: matching queries.
+        device: where to build it (default: the CPU).
 
     Returns:
         Bool[P + Q, P + Q] with P = num_groups * group_size; True where query i (row) may not
@@ -80,7 +99,7 @@ def denoising_attn_mask(num_groups: int, group_size: int, num_queries: int) -> T
         as a group of their own).
     """
     denoising = num_groups * group_size
-    index = torch.arange(denoising + num_queries)
+    index = torch.arange(denoising + num_queries, device=device)
     group = (index // group_size).clamp(max=num_groups)  # the matching queries: num_groups
     return (group[:, None] != group[None, :]) & (index[None, :] < denoising)
 
@@ -96,6 +115,10 @@ class ContrastiveDenoising(nn.Module):
         label_noise_ratio: twice the probability that a copy's label is redrawn.
         box_noise_scale: box noise in units of half the box size.
         inverse_sigmoid_eps: clamp of the boxes' logit round trip (detrex: 1e-3).
+        sync_free_label_noise: draw a new label for every copy and keep it where the copy is
+            redrawn. detrex (the default, False) draws labels for the redrawn copies only, which
+            needs their count on the host: one synchronisation per step on CUDA. Same
+            distribution; other random numbers from there on (box noise included).
     """
 
     def __init__(
@@ -106,6 +129,7 @@ class ContrastiveDenoising(nn.Module):
         label_noise_ratio: float = 0.5,
         box_noise_scale: float = 1.0,
         inverse_sigmoid_eps: float = 1e-3,
+        sync_free_label_noise: bool = False,
     ) -> None:
         super().__init__()
         if num_denoising < 0:
@@ -121,6 +145,7 @@ class ContrastiveDenoising(nn.Module):
         self.label_noise_ratio = label_noise_ratio
         self.box_noise_scale = box_noise_scale
         self.eps = inverse_sigmoid_eps
+        self.sync_free_label_noise = sync_free_label_noise
 
     def forward(
         self, targets: Sequence[dict[str, Tensor]], num_queries: int
@@ -143,10 +168,14 @@ class ContrastiveDenoising(nn.Module):
         boxes = torch.cat([t["boxes"] for t in targets]).repeat(copies, 1)
         total = sum(counts)
         if self.label_noise_ratio > 0:
-            redraw = torch.nonzero(torch.rand_like(labels.float()) < self.label_noise_ratio * 0.5)
-            redraw = redraw.view(-1)
-            new_labels = torch.randint_like(redraw, 0, self.num_classes)
-            labels = labels.scatter(0, redraw, new_labels)
+            redrawn = torch.rand_like(labels.float()) < self.label_noise_ratio * 0.5
+            if self.sync_free_label_noise:
+                new_labels = torch.randint_like(labels, 0, self.num_classes)
+                labels = torch.where(redrawn, new_labels, labels)
+            else:
+                redraw = torch.nonzero(redrawn).view(-1)  # the host reads how many
+                new_labels = torch.randint_like(redraw, 0, self.num_classes)
+                labels = labels.scatter(0, redraw, new_labels)
         if self.box_noise_scale > 0:
             corners = box_cxcywh_to_xyxy(boxes)
             half_size = (boxes[:, 2:] / 2).repeat(1, 2)
@@ -160,7 +189,9 @@ class ContrastiveDenoising(nn.Module):
 
         # Copy of target t of image b, block j, goes to slot max_gt * j + t of image b.
         device = boxes.device
-        image = torch.cat([torch.full((n,), b, device=device) for b, n in enumerate(counts)])
+        image = torch.cat(
+            [torch.full((n,), b, dtype=torch.int64, device=device) for b, n in enumerate(counts)]
+        )
         within = torch.cat([torch.arange(n, device=device) for n in counts])
         block = torch.arange(copies, device=device).repeat_interleave(total)
         slot = within.repeat(copies) + max_gt * block
@@ -170,7 +201,7 @@ class ContrastiveDenoising(nn.Module):
         logits = boxes.new_zeros(len(targets), size, 4)
         content = content.index_put((image, slot), self.label_enc(labels))
         logits = logits.index_put((image, slot), inverse_sigmoid(boxes, self.eps))
-        mask = denoising_attn_mask(num_groups, 2 * max_gt, num_queries).to(device)
+        mask = denoising_attn_mask(num_groups, 2 * max_gt, num_queries, device)
         return DenoisingQueries(content, logits.sigmoid(), mask, num_groups, 2 * max_gt, counts)
 
 
@@ -181,6 +212,7 @@ def denoising_losses(
     targets: list[dict[str, Tensor]],
     group_stage: Sequence[int],
     queries: DenoisingQueries,
+    num_boxes: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """The criterion's losses of the denoising queries, each positive copy assigned its target.
 
@@ -191,13 +223,19 @@ def denoising_losses(
         targets: per image {"labels", "boxes"}, as the criterion takes them.
         group_stage: the stage of each of those groups.
         queries: the denoising queries decoded.
+        num_boxes: the step's :meth:`SetCriterion.num_boxes` (None: taken here).
 
     Returns:
         ``loss_{class,bbox,giou}_dn_s{stage}``, summed over the stage's groups.
     """
-    indices = [queries.indices()] * logits.shape[0]
     losses = criterion.matched_losses(
-        logits, boxes, targets, group_stage, indices, num_boxes_factor=queries.num_groups
+        logits,
+        boxes,
+        targets,
+        group_stage,
+        queries.pairs(logits.shape[0]),
+        num_boxes,
+        num_boxes_factor=queries.num_groups,
     )
     renamed = {}
     for key, value in losses.items():

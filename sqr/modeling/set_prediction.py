@@ -1,5 +1,6 @@
 """What the Hungarian matcher and the set criterion share: the shapes of their inputs, the
-targets batched into padded tensors, and the options of the box distances both measure.
+targets batched into padded tensors, the matched pairs one hands the other, and the options of
+the box distances both measure.
 
 Both modules take the same predictions and targets and measure the same L1 and GIoU distances
 (one as a matching cost, the other as a loss); checking and applying those options in one place
@@ -8,6 +9,8 @@ keeps the cost and the loss from disagreeing about what they measure.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -15,8 +18,31 @@ from sqr.layers.box_ops import box_cxcywh_to_xyxy
 
 L1_BOX_FORMATS = ("cxcywh", "xyxy")
 
-# A full-image box: gives finite L1/GIoU costs in padded target columns, which are never read.
-_PAD_BOX = (0.5, 0.5, 1.0, 1.0)
+# A full-image box (cx = cy = 0.5, w = h = 1): gives finite L1/GIoU costs in padded target
+# columns, which are never read.
+_PAD_CENTRE, _PAD_SIZE = 0.5, 1.0
+
+
+class MatchedPairs(NamedTuple):
+    """Every matched (query, target) pair of every (group, image), as four int64 Tensor[M] on
+    the predictions' device, ordered by group, then image, then query.
+
+    Attributes:
+        group: the query group of each pair.
+        image: the image of each pair.
+        query: the query index within its group.
+        target: the target index within its image (a row of the padded targets).
+    """
+
+    group: Tensor
+    image: Tensor
+    query: Tensor
+    target: Tensor
+
+    def of(self, group: int, image: int) -> tuple[Tensor, Tensor]:
+        """``(query, target)`` of the pairs of one (group, image), in query order."""
+        keep = (self.group == group) & (self.image == image)
+        return self.query[keep], self.target[keep]
 
 
 def check_giou_eps(giou_eps: float) -> None:
@@ -68,7 +94,9 @@ def pad_targets(
             )
     num_images, n_max = len(targets), max(counts, default=0)
     labels = torch.zeros(num_images, n_max, dtype=torch.int64, device=device)
-    boxes = torch.tensor(_PAD_BOX, dtype=torch.float32, device=device).repeat(num_images, n_max, 1)
+    # Two fills, not a table copied from the host (a host-device synchronisation on CUDA).
+    boxes = torch.full((num_images, n_max, 4), _PAD_SIZE, dtype=torch.float32, device=device)
+    boxes[..., :2] = _PAD_CENTRE
     valid = torch.zeros(num_images, n_max, dtype=torch.bool, device=device)
     for b, (t, n) in enumerate(zip(targets, counts, strict=True)):
         labels[b, :n] = t["labels"].to(device=device, dtype=torch.int64)

@@ -55,9 +55,9 @@ _CASES = {**CASES, "sqr_dino": ("sqr_dino_r50_4scale_12ep.py", TINY_DINO, [])}
     "case, matchings",
     [
         ("sqr_dab_detr", 1),
-        ("sqr_deformable_detr_two_stage", 2),
+        ("sqr_deformable_detr_two_stage", 1),  # proposals matched with the decoder groups
         ("sqr_adamixer", 1),
-        ("sqr_dino", 2),  # decoder groups and encoder proposals; denoising is pre-assigned
+        ("sqr_dino", 1),  # decoder groups and proposals together; denoising is pre-assigned
     ],
 )
 def test_a_step_reads_the_matcher_costs_and_one_flag(host_reads, case, matchings) -> None:

@@ -56,12 +56,12 @@ def _focal(x: float, y: float, alpha: float = 0.25, gamma: float = 2.0) -> float
     return -alpha_t * (1 - p_t) ** gamma * math.log(p_t)
 
 
-def _reference_group_losses(logits, boxes, targets, indices, g, num_boxes, xyxy=False):
+def _reference_group_losses(logits, boxes, targets, matched, g, num_boxes, xyxy=False):
     """Unweighted (class, bbox, giou) losses of group g, image by image and pair by pair."""
     loss_class = loss_bbox = loss_giou = 0.0
     num_images, num_queries, num_classes = logits.shape[1:]
     for b in range(num_images):
-        query_idx, target_idx = indices[g][b]
+        query_idx, target_idx = matched.of(g, b)
         pairs = list(zip(query_idx.tolist(), target_idx.tolist(), strict=True))
         label_of = {q: int(targets[b]["labels"][t]) for q, t in pairs}
         for q in range(num_queries):
@@ -86,8 +86,8 @@ def test_equals_reference_loop():
 
     losses = criterion(logits, boxes, targets, group_stage)
 
-    indices = matcher(logits, boxes, targets)
-    per_group = [_reference_group_losses(logits, boxes, targets, indices, g, 6) for g in range(3)]
+    pairs = matcher(logits, boxes, targets)
+    per_group = [_reference_group_losses(logits, boxes, targets, pairs, g, 6) for g in range(3)]
     assert sorted(losses) == sorted(f"{n}_s{s}" for n in NAMES for s in (0, 1))
     for j, name in enumerate(NAMES):
         w = DEFAULT_WEIGHTS[name]
@@ -104,9 +104,9 @@ def test_xyxy_l1_equals_reference_loop():
 
     losses = criterion(logits, boxes, targets, [0, 1])
 
-    indices = matcher(logits, boxes, targets)
+    pairs = matcher(logits, boxes, targets)
     for g in range(2):
-        ref = _reference_group_losses(logits, boxes, targets, indices, g, 4, xyxy=True)
+        ref = _reference_group_losses(logits, boxes, targets, pairs, g, 4, xyxy=True)
         assert losses[f"loss_bbox_s{g}"].item() == pytest.approx(5.0 * ref[1], abs=1e-6)
 
 
@@ -212,9 +212,8 @@ def test_gradients_reach_matched_boxes_only():
     sum(losses.values()).backward()
 
     matched = torch.zeros(boxes.shape[:3], dtype=torch.bool)
-    for g, per_image in enumerate(matcher(logits, boxes.detach(), targets)):
-        for b, (query_idx, _) in enumerate(per_image):
-            matched[g, b, query_idx] = True
+    pairs = matcher(logits, boxes.detach(), targets)
+    matched[pairs.group, pairs.image, pairs.query] = True
     assert (boxes.grad.abs().sum(-1) > 0).eq(matched).all()
 
 

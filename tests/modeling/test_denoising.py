@@ -132,3 +132,27 @@ def test_more_targets_than_denoising_queries_keeps_one_group() -> None:
 def test_bad_settings_are_named(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ContrastiveDenoising(K, C, **kwargs)
+
+
+def test_sync_free_label_noise_keeps_a_label_drawn_for_every_copy() -> None:
+    dn = ContrastiveDenoising(
+        K,
+        C,
+        num_denoising=4,
+        label_noise_ratio=1.0,
+        box_noise_scale=0.0,
+        sync_free_label_noise=True,
+    )
+    torch.manual_seed(3)
+    queries = dn(targets(), num_queries=3)
+    # Replay the draws: 2 groups -> 4 copies of the 3 targets (image 0's two, then image 1's).
+    torch.manual_seed(3)
+    redrawn = torch.rand(12) < 0.5
+    drawn = torch.randint(0, K, (12,))
+    expected = torch.where(redrawn, drawn, torch.tensor([1, 4, 2]).repeat(4))
+    assert 0 < redrawn.sum() < 12
+    emb = dn.label_enc.weight
+    for copy in range(4):
+        for i, (b, t) in enumerate([(0, 0), (0, 1), (1, 0)]):
+            label = expected[copy * 3 + i]
+            assert torch.equal(queries.content[b, 2 * copy + t], emb[label]), (copy, b, t)

@@ -6,9 +6,11 @@ import math
 
 import pytest
 import torch
+from helpers.recollection_reference import CONFIGS
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import generalized_box_iou
 
+from sqr.config import LazyConfig
 from sqr.layers import box_ops
 from sqr.modeling.matcher import HungarianMatcher
 
@@ -74,14 +76,15 @@ def test_batched_matching_equals_per_pair_matching():
     targets = _random_targets(counts, num_classes, gen)
     matcher = HungarianMatcher(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0)
 
-    indices = matcher(logits, boxes, targets)
+    pairs = matcher(logits, boxes, targets)
 
-    assert len(indices) == num_groups and all(len(per) == len(counts) for per in indices)
+    assert all(x.dtype == torch.int64 and x.device == logits.device for x in pairs)
+    # Ordered by group, then image, then query, as the criterion's sums expect.
+    order = (pairs.group * len(counts) + pairs.image) * num_queries + pairs.query
+    assert torch.equal(order, order.sort().values)
     for g in range(num_groups):
         for b, n in enumerate(counts):
-            query_idx, target_idx = indices[g][b]
-            assert query_idx.dtype == torch.int64 and target_idx.dtype == torch.int64
-            assert query_idx.device.type == "cpu"
+            query_idx, target_idx = pairs.of(g, b)
             assert len(query_idx) == len(target_idx) == min(num_queries, n)
             if n == 0:
                 continue
@@ -106,7 +109,7 @@ def test_obvious_assignment():
     boxes = torch.tensor([[[[0.7, 0.6, 0.3, 0.4], [0.5, 0.9, 0.1, 0.1], [0.3, 0.3, 0.2, 0.2]]]])
     logits = torch.tensor([[[[6.0, -6.0], [-6.0, -6.0], [-6.0, 6.0]]]])
 
-    query_idx, target_idx = HungarianMatcher()(logits, boxes, targets)[0][0]
+    query_idx, target_idx = HungarianMatcher()(logits, boxes, targets).of(0, 0)
 
     assert query_idx.tolist() == [0, 2]
     assert target_idx.tolist() == [1, 0]
@@ -118,21 +121,20 @@ def test_image_without_targets_gives_empty_indices():
     boxes = _random_boxes(2, 2, 4, generator=gen)
     targets = _random_targets([2, 0], 3, gen)
 
-    indices = HungarianMatcher()(logits, boxes, targets)
+    pairs = HungarianMatcher()(logits, boxes, targets)
 
     for g in range(2):
-        assert len(indices[g][0][0]) == 2
-        query_idx, target_idx = indices[g][1]
+        assert len(pairs.of(g, 0)[0]) == 2
+        query_idx, target_idx = pairs.of(g, 1)
         assert query_idx.shape == (0,) and target_idx.shape == (0,)
-        assert query_idx.dtype == torch.int64 and target_idx.dtype == torch.int64
 
 
 def test_all_images_without_targets():
     targets = [
         {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)} for _ in range(2)
     ]
-    indices = HungarianMatcher()(torch.randn(3, 2, 4, 5), torch.rand(3, 2, 4, 4), targets)
-    assert [[len(q) for q, _ in per] for per in indices] == [[0, 0]] * 3
+    pairs = HungarianMatcher()(torch.randn(3, 2, 4, 5), torch.rand(3, 2, 4, 4), targets)
+    assert all(x.shape == (0,) and x.dtype == torch.int64 for x in pairs)
 
 
 def test_xyxy_l1_format_changes_the_choice():
@@ -150,7 +152,7 @@ def test_xyxy_l1_format_changes_the_choice():
 
     def match(fmt: str) -> list[int]:
         matcher = HungarianMatcher(cost_class=0, cost_bbox=1, cost_giou=0, l1_box_format=fmt)
-        query_idx, target_idx = matcher(logits, boxes, targets)[0][0]
+        query_idx, target_idx = matcher(logits, boxes, targets).of(0, 0)
         assert query_idx.tolist() == [0]
         return target_idx.tolist()
 
@@ -165,7 +167,7 @@ def test_xyxy_matching_equals_reference():
     targets = _random_targets([4], 3, gen)
     matcher = HungarianMatcher(cost_class=1.0, cost_bbox=3.0, cost_giou=0.5, l1_box_format="xyxy")
 
-    indices = matcher(logits, boxes, targets)
+    pairs = matcher(logits, boxes, targets)
 
     for g in range(2):
         t = targets[0]
@@ -173,8 +175,8 @@ def test_xyxy_matching_equals_reference():
             logits[g, 0], boxes[g, 0], t["labels"], t["boxes"], (1, 3, 0.5), xyxy=True
         )
         rows, cols = linear_sum_assignment(cost.numpy())
-        assert indices[g][0][0].tolist() == rows.tolist()
-        assert indices[g][0][1].tolist() == cols.tolist()
+        query_idx, target_idx = pairs.of(g, 0)
+        assert query_idx.tolist() == rows.tolist() and target_idx.tolist() == cols.tolist()
 
 
 def test_focal_class_cost_prefers_confident_query():
@@ -190,7 +192,7 @@ def test_focal_class_cost_prefers_confident_query():
     boxes = torch.full((1, 1, 2, 4), 0.5)
     logits = torch.tensor([[[[math.log(0.1 / 0.9)], [math.log(0.9 / 0.1)]]]])
     targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.5, 0.5]])}]
-    query_idx, target_idx = HungarianMatcher()(logits, boxes, targets)[0][0]
+    query_idx, target_idx = HungarianMatcher()(logits, boxes, targets).of(0, 0)
     assert query_idx.tolist() == [1] and target_idx.tolist() == [0]
 
 
@@ -204,8 +206,7 @@ def test_nan_logits_are_matched_last_not_an_error():
         {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}
         for _ in range(2)
     ]
-    indices = HungarianMatcher()(logits, boxes, targets)
-    query_idx, target_idx = indices[1][0]
+    query_idx, target_idx = HungarianMatcher()(logits, boxes, targets).of(1, 0)
     assert target_idx.tolist() == [0] and query_idx.tolist() != [2]
 
 
@@ -268,7 +269,7 @@ def test_matcher_giou_eps_decides_a_near_tie():
 
     def match(**kwargs) -> list[int]:
         matcher = HungarianMatcher(cost_class=0, cost_bbox=0, cost_giou=1, **kwargs)
-        return matcher(logits, boxes, targets)[0][0][1].tolist()
+        return matcher(logits, boxes, targets).of(0, 0)[1].tolist()
 
     assert match() == [0]  # detrex's eps is the default
     assert match(giou_eps=0.0) == [1]  # torchvision's GIoU
@@ -291,3 +292,56 @@ def test_shape_mismatch_raises():
         HungarianMatcher()(torch.zeros(1, 1, 3, 2), torch.zeros(1, 1, 4, 4), targets)
     with pytest.raises(ValueError, match="2 images"):
         HungarianMatcher()(torch.zeros(1, 2, 3, 2), torch.zeros(1, 2, 3, 4), targets)
+
+
+def test_joint_matching_equals_separate_matchings():
+    # Decoder groups and encoder proposals of one step: solved together, each as alone.
+    gen = torch.Generator().manual_seed(5)
+    decoder = (torch.randn(3, 2, 5, 4, generator=gen), _random_boxes(3, 2, 5, generator=gen))
+    proposals = (torch.randn(1, 2, 7, 4, generator=gen), _random_boxes(1, 2, 7, generator=gen))
+    targets = _random_targets([3, 2], 4, gen)
+    empty = _random_targets([0, 0], 4, gen)
+    matcher = HungarianMatcher()
+
+    joint = matcher.match([(*decoder, targets), (*proposals, targets), (*decoder, empty)])
+
+    for pairs, alone in zip(
+        joint,
+        [matcher(*decoder, targets), matcher(*proposals, targets), matcher(*decoder, empty)],
+        strict=True,
+    ):
+        assert all(torch.equal(a, b) for a, b in zip(pairs, alone, strict=True))
+    assert joint[0].group.numel() == 3 * (3 + 2) and joint[2].group.numel() == 0
+
+
+def test_focal_eps_is_the_log_offset_of_the_class_cost():
+    # Class cost only, at p = sigmoid(-16) = 1.1254e-7 (~ e^-16), where the negative term
+    # (~ p^2) vanishes: cost = alpha * -log(p + eps), by hand
+    #   eps = 1e-12 (mmdet, AdaMixer's reference): 0.25 * 16 = 4.0000;
+    #   eps = 1e-8 (detrex): 0.25 * (16 - ln(1 + 1e-8 * e^16)) = 0.25 * (16 - 0.08513) = 3.9787.
+    logits = torch.full((1, 1, 1, 1), -16.0)
+    boxes = torch.full((1, 1, 1, 4), 0.5)
+    labels = torch.zeros(1, 1, dtype=torch.int64)
+    target_boxes = torch.full((1, 1, 4), 0.5)
+    for eps, by_hand in ((1e-12, 4.0000), (1e-8, 3.9787)):
+        matcher = HungarianMatcher(cost_class=1, cost_bbox=0, cost_giou=0, focal_eps=eps)
+        cost = matcher._cost(logits, boxes, labels, target_boxes).item()
+        assert cost == pytest.approx(by_hand, abs=1e-4), eps
+    assert HungarianMatcher().focal_eps == 1e-8  # detrex's, the default
+    with pytest.raises(ValueError, match="focal_eps must be positive, got 0"):
+        HungarianMatcher(focal_eps=0)
+
+
+@pytest.mark.parametrize(
+    "config, focal_eps",
+    [
+        ("adamixer_r50_1x.py", 1e-12),  # the SQR authors' mmdet
+        ("sqr_adamixer_r50_1x.py", 1e-12),
+        ("sqr_adamixer_r101_7stage_300q_3x.py", 1e-12),
+        ("dab_detr_r50_50ep.py", 1e-8),  # detrex
+        ("sqr_dino_r50_4scale_12ep.py", 1e-8),
+    ],
+)
+def test_each_recipe_has_its_reference_focal_eps(config, focal_eps):
+    cfg = LazyConfig.load(str(CONFIGS / config))
+    assert cfg.model.criterion.matcher.focal_eps == focal_eps

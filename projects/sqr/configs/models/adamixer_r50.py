@@ -48,6 +48,7 @@ model = L(AdaMixer)(
             cost_giou=2.0,
             l1_box_format="xyxy",
             giou_eps="${..giou_eps}",
+            focal_eps=1e-12,  # mmdet's FocalLossCost: log(p + 1e-12)
         ),
         weight_dict={"loss_class": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0},
         l1_box_format="xyxy",

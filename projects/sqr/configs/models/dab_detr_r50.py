@@ -36,7 +36,11 @@ model = L(DABDETR)(
     criterion=L(SetCriterion)(
         num_classes="${..num_classes}",
         matcher=L(HungarianMatcher)(
-            cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, giou_eps="${..giou_eps}"
+            cost_class=2.0,
+            cost_bbox=5.0,
+            cost_giou=2.0,
+            giou_eps="${..giou_eps}",
+            focal_eps=1e-8,  # detrex's FocalLossCost: log(p + 1e-8)
         ),
         weight_dict={"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0},
         giou_eps=1e-6,  # detrex's box_ops adds it to the union and the hull (normalised boxes)

@@ -66,7 +66,12 @@ model = L(DINO)(
     # 2 / 5 / 2 with focal alpha 0.25, gamma 2; GIoU with eps 1e-6 (the defaults).
     criterion=L(SetCriterion)(
         num_classes="${..num_classes}",
-        matcher=L(HungarianMatcher)(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0),
+        matcher=L(HungarianMatcher)(
+            cost_class=2.0,
+            cost_bbox=5.0,
+            cost_giou=2.0,
+            focal_eps=1e-8,  # detrex's FocalLossCost: log(p + 1e-8)
+        ),
         weight_dict={"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0},
     ),
     # The stage count comes from the decoder, so changing the depth cannot desynchronise them.
