@@ -142,6 +142,7 @@ def test_every_model_config_has_tiny_overrides() -> None:
     tiny_by_design = {
         "projects/sqr/configs/quickstart/sqr_dab_detr_synthetic.py",
         "tests/configs/standin_synthetic.py",
+        "tests/configs/standin_bn_synthetic.py",
     }
     assert has_model - tiny_by_design - set(TINY_OVERRIDES) == set()
 
