@@ -87,7 +87,7 @@ def test_compiled_training_has_the_eager_losses() -> None:
     assert_same_losses(eager, compiled)
 
 
-@pytest.mark.slow
+@pytest.mark.inductor
 @pytest.mark.timeout(1800)
 @pytest.mark.skipif(shutil.which("g++") is None, reason="CPU inductor needs a C++ compiler (g++)")
 def test_inductor_training_has_the_eager_losses() -> None:
