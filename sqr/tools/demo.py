@@ -43,8 +43,6 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
-import os
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +51,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
+from sqr.utils.cli import refuse_misplaced_flags, split_off_overrides
 from sqr.utils.file_io import write_atomically, write_json
 from sqr.utils.logger import setup_logger
 
@@ -62,7 +61,6 @@ logger = logging.getLogger("sqr.demo")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 RESULTS_FILE = "results.json"
-_OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,17 +126,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     # Checked before the required flags: a misplaced --input would otherwise be reported as
     # missing.
-    misplaced = [opt for opt in args.opts if opt.startswith("--")]
-    if misplaced:
-        parser.error(
-            f"flag(s) {' '.join(misplaced)} came after the config overrides; put every --flag "
-            "before the first key=value override"
-        )
-    # --input takes every following word, overrides included: move those back.
-    for i, item in enumerate(args.input):
-        if _OVERRIDE.match(item) and not os.path.exists(item):
-            args.input, args.opts = args.input[:i], args.input[i:] + args.opts
-            break
+    refuse_misplaced_flags(parser, args.opts)
+    args.input, args.opts = split_off_overrides(args.input, args.opts)
     if not args.input:
         parser.error("--input needs at least one image file, directory or glob")
     if not args.output:

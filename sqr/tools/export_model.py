@@ -23,12 +23,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import time
 from collections.abc import Sequence
 
 from omegaconf import OmegaConf
 
+from sqr.utils.cli import refuse_misplaced_flags, split_off_overrides
 from sqr.utils.logger import setup_logger
 
 __all__ = ["build_parser", "invoke_main", "main", "parse_args"]
@@ -36,7 +36,6 @@ __all__ = ["build_parser", "invoke_main", "main", "parse_args"]
 logger = logging.getLogger("sqr.export")
 
 FILE_NAMES = {"onnx": "model.onnx", "torch-export": "model.pt2"}
-_OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,20 +74,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse an export command line (without the program name; default ``sys.argv[1:]``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    misplaced = [opt for opt in args.opts if opt.startswith("--")]
-    if misplaced:
-        parser.error(
-            f"flag(s) {' '.join(misplaced)} came after the config overrides; put every --flag "
-            "before the first key=value override"
-        )
-    # --sample-images takes every following word, overrides included: move those back.
-    for i, item in enumerate(args.sample_images or []):
-        if _OVERRIDE.match(item) and not os.path.exists(item):
-            args.sample_images, args.opts = (
-                args.sample_images[:i],
-                args.sample_images[i:] + args.opts,
-            )
-            break
+    refuse_misplaced_flags(parser, args.opts)
+    if args.sample_images is not None:
+        args.sample_images, args.opts = split_off_overrides(args.sample_images, args.opts)
     if args.sample_images == []:
         parser.error("--sample-images needs at least one image file")
     return args

@@ -7,8 +7,40 @@ command parses its arguments, and answers ``--help``, before it imports anything
 from __future__ import annotations
 
 import argparse
+import os
+import re
+from collections.abc import Sequence
 
-__all__ = ["default_argument_parser"]
+__all__ = ["default_argument_parser", "refuse_misplaced_flags", "split_off_overrides"]
+
+_OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")
+
+
+def refuse_misplaced_flags(parser: argparse.ArgumentParser, opts: Sequence[str]) -> None:
+    """Exit through ``parser.error`` when ``--flags`` ended up among the ``key=value`` overrides
+    (argparse's REMAINDER swallows everything after the first override)."""
+    misplaced = [opt for opt in opts if opt.startswith("--")]
+    if misplaced:
+        parser.error(
+            f"flag(s) {' '.join(misplaced)} came after the config overrides; put every --flag "
+            "before the first key=value override"
+        )
+
+
+def split_off_overrides(words: Sequence[str], opts: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Give back to the overrides what a ``nargs="+"`` flag took from them.
+
+    A flag such as ``--input a.jpg b.jpg`` takes every following word, the first ``key=value``
+    override included; from the first word that looks like one (and is not an existing file),
+    the rest are overrides.
+
+    Returns:
+        The flag's own words and the overrides.
+    """
+    for i, word in enumerate(words):
+        if _OVERRIDE.match(word) and not os.path.exists(word):
+            return list(words[:i]), [*words[i:], *opts]
+    return list(words), list(opts)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,12 +52,7 @@ class _Parser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):  # noqa: D102
         parsed = super().parse_args(args, namespace)
-        misplaced = [opt for opt in parsed.opts if opt.startswith("--")]
-        if misplaced:
-            self.error(
-                f"flag(s) {' '.join(misplaced)} came after the config overrides; put every --flag "
-                "before the first key=value override"
-            )
+        refuse_misplaced_flags(self, parsed.opts)
         if parsed.config_file is None:
             self.error("the following arguments are required: --config-file")
         return parsed
