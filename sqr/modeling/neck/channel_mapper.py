@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 def _conv(
@@ -39,6 +39,28 @@ def _conv_gn(
 ) -> nn.Sequential:
     conv = _conv(in_channels, out_channels, kernel_size, stride, bias)
     return nn.Sequential(OrderedDict(conv=conv, norm=nn.GroupNorm(num_groups, out_channels)))
+
+
+def select_levels(
+    features: Sequence[Tensor] | Mapping[str, Tensor],
+    in_features: Sequence[str] | None,
+    neck: str,
+) -> Sequence[Tensor]:
+    """A neck's input levels: the backbone's maps named by ``in_features``, or ``features`` as
+    they are when the neck takes a sequence (``in_features=None``).
+
+    Raises:
+        TypeError: a dict for a neck that takes a sequence, or the other way round (``neck``
+            names the module in the message).
+    """
+    if isinstance(features, Mapping) != (in_features is not None):
+        expected = "a sequence of levels" if in_features is None else "a dict"
+        raise TypeError(
+            f"{neck}(in_features={in_features}) takes {expected}, got {type(features).__name__}"
+        )
+    if in_features is not None:
+        return [features[name] for name in in_features]
+    return features
 
 
 class ChannelMapper(nn.Module):
@@ -136,14 +158,7 @@ class ChannelMapper(nn.Module):
         Returns:
             ``num_levels`` Tensor[B, out_channels, H, W], finest first.
         """
-        if isinstance(features, Mapping) != (self.in_features is not None):
-            expected = "a sequence of levels" if self.in_features is None else "a dict"
-            raise TypeError(
-                f"ChannelMapper(in_features={self.in_features}) takes {expected}, got "
-                f"{type(features).__name__}"
-            )
-        if self.in_features is not None:
-            features = [features[name] for name in self.in_features]
+        features = select_levels(features, self.in_features, "ChannelMapper")
         if len(features) != len(self.convs):
             raise ValueError(f"got {len(features)} feature levels, expected {len(self.convs)}")
         outputs = [self.norm(conv(x)) for conv, x in zip(self.convs, features, strict=True)]

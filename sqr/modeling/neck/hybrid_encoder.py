@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbone.presnet import ConvNormAct, activation_layer
+from .channel_mapper import select_levels
 
 __all__ = [
     "AIFILayer",
@@ -311,14 +312,7 @@ class HybridEncoder(nn.Module):
         Returns:
             ``num_levels`` Tensor[B, hidden_dim, H_l, W_l], finest first.
         """
-        if isinstance(features, Mapping) != (self.in_features is not None):
-            expected = "a sequence of levels" if self.in_features is None else "a dict"
-            raise TypeError(
-                f"HybridEncoder(in_features={self.in_features}) takes {expected}, got "
-                f"{type(features).__name__}"
-            )
-        if self.in_features is not None:
-            features = [features[name] for name in self.in_features]
+        features = select_levels(features, self.in_features, "HybridEncoder")
         if len(features) != self.num_levels:
             raise ValueError(f"got {len(features)} feature levels, expected {self.num_levels}")
         levels = [proj(x) for proj, x in zip(self.input_proj, features, strict=True)]
