@@ -21,10 +21,10 @@ from torch import nn
 from sqr.layers.adamixer_ops import xyxy_to_xyzr
 from sqr.layers.box_ops import box_xyxy_to_cxcywh
 from sqr.modeling.criterion import SetCriterion
+from sqr.modeling.decoders.adamixer import AdaMixerDecoder
 from sqr.modeling.sqr import RecollectionSchedule
 from sqr.utils.checks import check_positive
 
-from .adamixer_decoder import AdaMixerDecoder
 from .base import QueryDetector
 
 

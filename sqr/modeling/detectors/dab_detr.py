@@ -18,11 +18,12 @@ from torch import nn
 from sqr.layers.box_ops import inverse_sigmoid, refine_boxes
 from sqr.layers.mlp import MLP
 from sqr.modeling.criterion import SetCriterion
+from sqr.modeling.decoders.dab import DabDetrDecoder
+from sqr.modeling.encoders.dab import DabDetrEncoder
 from sqr.modeling.sqr import RecollectionSchedule
 from sqr.utils.checks import check_positive
 
 from .base import QueryDetector
-from .dab_transformer import DabDetrDecoder, DabDetrEncoder
 
 
 class DABDETR(QueryDetector):

@@ -31,13 +31,14 @@ from sqr.layers.box_ops import refine_boxes
 from sqr.layers.mlp import MLP
 from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention, set_backend
 from sqr.modeling.criterion import LOSS_NAMES, SetCriterion
+from sqr.modeling.decoders.deformable import DeformableDetrDecoder
+from sqr.modeling.encoders.deformable import DeformableDetrEncoder, flatten_levels
 from sqr.modeling.neck import ChannelMapper
+from sqr.modeling.query_selection import TwoStageProposals
 from sqr.modeling.sqr import RecollectionSchedule
 from sqr.utils.checks import check_positive
 
 from .base import QueryDetector
-from .deformable_encoder import DeformableDetrEncoder, TwoStageProposals, flatten_levels
-from .deformable_transformer import DeformableDetrDecoder
 
 
 class DeformableDETR(QueryDetector):

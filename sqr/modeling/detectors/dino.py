@@ -25,14 +25,15 @@ from sqr.layers.box_ops import refine_boxes
 from sqr.layers.mlp import MLP
 from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention, set_backend
 from sqr.modeling.criterion import LOSS_NAMES, SetCriterion
+from sqr.modeling.decoders.dino import DinoDecoder, DinoDecoderOutput
 from sqr.modeling.denoising import ContrastiveDenoising, DenoisingQueries, denoising_losses
+from sqr.modeling.encoders.deformable import DeformableDetrEncoder, flatten_levels
 from sqr.modeling.neck import ChannelMapper
+from sqr.modeling.query_selection import MixedQuerySelection
 from sqr.modeling.sqr import RecollectionSchedule
 from sqr.utils.checks import check_positive
 
 from .base import QueryDetector
-from .deformable_encoder import DeformableDetrEncoder, flatten_levels
-from .dino_transformer import DinoDecoder, DinoDecoderOutput, MixedQuerySelection
 
 
 class _Decoded(NamedTuple):

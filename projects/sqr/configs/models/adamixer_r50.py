@@ -6,7 +6,8 @@
 from sqr.config import LazyCall as L
 from sqr.modeling.backbone import ResNet
 from sqr.modeling.criterion import SetCriterion
-from sqr.modeling.detectors import AdaMixer, AdaMixerDecoder
+from sqr.modeling.decoders import AdaMixerDecoder
+from sqr.modeling.detectors import AdaMixer
 from sqr.modeling.matcher import HungarianMatcher
 from sqr.modeling.neck import ChannelMapper
 from sqr.modeling.sqr import RecollectionSchedule

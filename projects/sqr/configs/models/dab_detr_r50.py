@@ -6,7 +6,9 @@ from sqr.config import LazyCall as L
 from sqr.layers.position_encoding import PositionEmbeddingSine
 from sqr.modeling.backbone import ResNet
 from sqr.modeling.criterion import SetCriterion
-from sqr.modeling.detectors import DABDETR, DabDetrDecoder, DabDetrEncoder
+from sqr.modeling.decoders import DabDetrDecoder
+from sqr.modeling.detectors import DABDETR
+from sqr.modeling.encoders import DabDetrEncoder
 from sqr.modeling.matcher import HungarianMatcher
 from sqr.modeling.sqr import RecollectionSchedule
 

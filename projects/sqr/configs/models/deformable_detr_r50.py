@@ -7,7 +7,9 @@ from sqr.config import LazyCall as L
 from sqr.layers.position_encoding import PositionEmbeddingSine
 from sqr.modeling.backbone import ResNet
 from sqr.modeling.criterion import SetCriterion
-from sqr.modeling.detectors import DeformableDETR, DeformableDetrDecoder, DeformableDetrEncoder
+from sqr.modeling.decoders import DeformableDetrDecoder
+from sqr.modeling.detectors import DeformableDETR
+from sqr.modeling.encoders import DeformableDetrEncoder
 from sqr.modeling.matcher import HungarianMatcher
 from sqr.modeling.neck import ChannelMapper
 from sqr.modeling.sqr import RecollectionSchedule

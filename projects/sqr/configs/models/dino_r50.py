@@ -7,8 +7,10 @@ from sqr.config import LazyCall as L
 from sqr.layers.position_encoding import PositionEmbeddingSine
 from sqr.modeling.backbone import ResNet
 from sqr.modeling.criterion import SetCriterion
+from sqr.modeling.decoders import DinoDecoder
 from sqr.modeling.denoising import ContrastiveDenoising
-from sqr.modeling.detectors import DINO, DeformableDetrEncoder, DinoDecoder
+from sqr.modeling.detectors import DINO
+from sqr.modeling.encoders import DeformableDetrEncoder
 from sqr.modeling.matcher import HungarianMatcher
 from sqr.modeling.neck import ChannelMapper
 from sqr.modeling.sqr import RecollectionSchedule

@@ -4,7 +4,8 @@ Numerics follow the SQR recipe's mmdet 2.12 / mmcv 1.3 Deformable-DETR
 (``mmdet/models/utils/transformer.py`` of Fangyi-Chen/SQR at b576a6e), rewritten batch-first from
 typed layers: post-norm layers, references scaled by each level's valid ratio, refinement
 ``sigmoid(delta + logit(reference))`` with the new references detached before the next layer.
-The encoder and the two-stage proposals are in :mod:`.deformable_encoder`.
+The encoder is :mod:`sqr.modeling.encoders.deformable`, the two-stage proposals
+:mod:`sqr.modeling.query_selection`.
 
 The decoder runs any :class:`~sqr.modeling.sqr.RecollectionSchedule`: the groups a stage
 decodes sit side by side on the query axis against the encoder memory, whose value projection

@@ -42,61 +42,7 @@ from sqr.modeling.sqr import (
 )
 from sqr.modeling.sqr.runner import LayerCall
 
-from .deformable_encoder import token_proposals
-from .deformable_transformer import DeformableDecoderLayer
-
-
-class MixedQuerySelection(nn.Module):
-    """DINO's queries: reference boxes from the top-scoring encoder proposals, learnt content.
-
-    Args:
-        embed_dim: channels.
-        num_queries: queries selected (and learnt content vectors).
-    """
-
-    def __init__(self, embed_dim: int = 256, num_queries: int = 900) -> None:
-        super().__init__()
-        self.enc_output = nn.Linear(embed_dim, embed_dim)
-        self.enc_output_norm = nn.LayerNorm(embed_dim)
-        self.content = nn.Embedding(num_queries, embed_dim)
-
-    def forward(
-        self,
-        memory: torch.Tensor,
-        padding_mask: torch.Tensor,
-        spatial_shapes: Sequence[tuple[int, int]],
-        class_head: nn.Module,
-        box_head: nn.Module,
-    ) -> tuple[torch.Tensor, ...]:
-        """
-        Args:
-            memory: Tensor[B, S, C] encoder output.
-            padding_mask: Bool[B, S], True on padding.
-            spatial_shapes: (H_l, W_l) per level.
-            class_head: maps [.., C] to class logits [.., K] (the encoder's head).
-            box_head: maps [.., C] to box deltas [.., 4] in logit space.
-
-        Returns:
-            ``(logits, boxes, content, reference)``: the selected proposals' class logits
-            Tensor[B, Q, K] and boxes Tensor[B, Q, 4] (normalised cxcywh, attached: the encoder
-            loss trains them), the decoder's initial content Tensor[B, Q, C] and its reference
-            boxes Tensor[B, Q, 4] (the same boxes, detached).
-        """
-        num_queries = self.content.num_embeddings
-        if num_queries > memory.shape[1]:
-            raise ValueError(
-                f"query selection needs at least {num_queries} encoder tokens, got "
-                f"{memory.shape[1]}"
-            )
-        output_memory, proposals = token_proposals(memory, padding_mask, spatial_shapes)
-        output_memory = self.enc_output_norm(self.enc_output(output_memory))
-        logits = class_head(output_memory)
-        coords = box_head(output_memory) + proposals  # logit space; +inf where invalid
-        top = logits.max(-1)[0].topk(num_queries, dim=1)[1]
-        top_logits = torch.gather(logits, 1, top[..., None].expand(-1, -1, logits.shape[-1]))
-        top_coords = torch.gather(coords, 1, top[..., None].expand(-1, -1, 4))
-        content = self.content.weight[None].expand(memory.shape[0], -1, -1)
-        return top_logits, top_coords.sigmoid(), content, top_coords.detach().sigmoid()
+from .deformable import DeformableDecoderLayer
 
 
 class DinoDecoderOutput(NamedTuple):
