@@ -16,7 +16,6 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -26,84 +25,6 @@ from sqr.tools._workload import synthetic_batch
 
 MB = 1024.0**2
 SYNC_WARNING = "synchronizing CUDA operation"  # what set_sync_debug_mode("warn") warns with
-BASELINE = "model.recollection.mode=none"
-
-_BACKBONE18 = ["model.backbone.depth=18", "model.backbone.norm=BN", "model.backbone.freeze_at=0"]
-_HEADS = ["model.num_queries=10", "model.select_box_nums_for_evaluation=10", "model.num_classes=5"]
-_DEFORMABLE = [
-    *_BACKBONE18,
-    "model.neck.in_channels=[128, 256, 512]",
-    "model.neck.num_groups=8",
-    "model.embed_dim=32",
-    "model.position_embedding.num_feats=16",
-    "model.encoder.num_layers=2",
-    "model.encoder.num_heads=4",
-    "model.encoder.num_points=2",
-    "model.encoder.feedforward_dim=64",
-    "model.decoder.num_heads=4",
-    "model.decoder.num_points=2",
-    "model.decoder.feedforward_dim=64",
-]
-#: --tiny overrides per config family, also the tests' (tests/helpers/tiny.py):
-#: ResNet-18, 32 channels, small FFNs and 10 queries; the decoder depth stays the recipe's.
-TINY = {
-    "dab_detr": [
-        *_BACKBONE18,
-        "model.in_channels=512",
-        "model.embed_dim=32",
-        "model.position_embedding.num_feats=16",
-        "model.encoder.num_layers=2",
-        "model.encoder.num_heads=4",
-        "model.encoder.feedforward_dim=64",
-        "model.decoder.num_heads=4",
-        "model.decoder.feedforward_dim=64",
-        *_HEADS,
-    ],
-    "deformable_detr": [*_DEFORMABLE, *_HEADS],
-    "adamixer": [
-        *_BACKBONE18,
-        "model.neck.in_channels=[64, 128, 256, 512]",
-        "model.neck.num_groups=8",
-        "model.embed_dim=32",
-        "model.decoder.feat_channels=32",
-        "model.decoder.num_heads=4",
-        "model.decoder.feedforward_dim=64",
-        "model.decoder.num_sampling_groups=2",
-        "model.decoder.in_points=4",
-        "model.decoder.out_points=8",
-        "model.num_queries=10",
-        "model.num_classes=5",
-    ],
-    "dino": [*_DEFORMABLE, "model.denoising.num_denoising=4", *_HEADS],
-}
-
-
-@dataclass(frozen=True)
-class Detector:
-    """A detector to check: its SQR config (a name under projects/sqr/configs; the baseline is it
-    with :data:`BASELINE`), its :data:`TINY` family, and the overrides that turn its dropout off
-    (the recipes without them have none)."""
-
-    name: str
-    config: str
-    family: str
-    no_dropout: tuple[str, ...] = ()
-    optional: bool = False  # skipped, not failed, where the config does not exist
-
-
-_NO_DROPOUT = ("model.encoder.dropout=0.0", "model.decoder.dropout=0.0")
-DETECTORS = (
-    Detector("DAB-DETR", "sqr_dab_detr_r50_50ep.py", "dab_detr"),
-    Detector("Deformable-DETR", "sqr_deformable_detr_r50_50ep.py", "deformable_detr", _NO_DROPOUT),
-    Detector(
-        "Deformable-DETR two-stage",
-        "sqr_deformable_detr_two_stage_r50_50ep.py",
-        "deformable_detr",
-        _NO_DROPOUT,
-    ),
-    Detector("AdaMixer", "sqr_adamixer_r50_1x.py", "adamixer"),
-    Detector("DINO", "sqr_dino_r50_4scale_12ep.py", "dino", optional=True),
-)
 
 
 def build_model(path: str, overrides: Sequence[str], device: str) -> nn.Module:

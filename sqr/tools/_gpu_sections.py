@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from sqr.layers import ms_deform_attn
+from sqr.modeling import table
 from sqr.tools import _device_checks as checks
 from sqr.tools import _step_timing as timing
 from sqr.tools import benchmark
@@ -118,7 +119,7 @@ def section_equivalence(ctx: Context) -> None:
             with checks.tf32(False):
                 overrides = ctx.overrides(detector, *detector.no_dropout)
                 sqr = checks.build_model(path, overrides, args.device)
-                plain = checks.build_model(path, [*overrides, checks.BASELINE], args.device)
+                plain = checks.build_model(path, [*overrides, table.BASELINE], args.device)
                 diff = checks.sqr_equivalence(sqr, plain, ctx.batch(sqr))
             rows.append(
                 [
@@ -155,7 +156,7 @@ STEP_HEADER += ["loss", "syncs", "top sync sites"]
 
 
 #: (variant, overrides): the plain detector and its SQR config as given.
-VARIANTS = (("baseline", (checks.BASELINE,)), ("sqr", ()))
+VARIANTS = (("baseline", (table.BASELINE,)), ("sqr", ()))
 
 
 def section_train_step(ctx: Context) -> None:
@@ -292,7 +293,7 @@ def section_compile(ctx: Context) -> None:
         try:
             overrides = ctx.overrides(detector, *detector.no_dropout)
             if args.tiny:  # tracing the whole tiny model takes minutes of CPU: two stages
-                overrides += ["model.encoder.num_layers=1", "model.decoder.num_layers=2"]
+                overrides += ["model.encoder.num_layers=1", "model.decoder.num_stages=2"]
             model = checks.build_model(path, overrides, args.device).train()
             batch = ctx.batch(model)
             if compiled:

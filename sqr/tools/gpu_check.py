@@ -35,9 +35,8 @@ an item that started in time may run past it. What a section leaves unused goes 
 and what it overran is taken from the next (the summary lists both), so the whole run keeps to
 ``--budget-s`` plus at most the last item's overrun.
 
-The detectors are DAB-DETR, Deformable-DETR (plain and two-stage), AdaMixer and, where its config
-exists, DINO; each from its SQR config, the baseline being that with
-``model.recollection.mode=none``; the synthetic batches have COCO-like box counts
+The detectors are those of :mod:`sqr.modeling.table`, each from its SQR config, the baseline being
+that with ``model.recollection.mode=none``; the synthetic batches have COCO-like box counts
 (:mod:`sqr.tools._workload`). ``--tiny`` shrinks models (as the tests do) and sizes, and
 ``--device cpu --tiny`` is the dry run CI runs: off CUDA the Triton path, TF32, half precision
 and the sync counts are skipped (and listed), and the benchmark runs for the first detector only.
@@ -61,6 +60,7 @@ from typing import Any
 import torch
 
 from sqr.engine import resolve_config_file
+from sqr.modeling import table
 from sqr.tools import _device_checks as checks
 from sqr.tools import _gpu_sections as gpu_sections
 from sqr.utils.file_io import write_json
@@ -127,7 +127,7 @@ class Context:
 
     args: argparse.Namespace
     report: Report
-    detectors: list[tuple[checks.Detector, str]]
+    detectors: list[tuple[table.DetectorEntry, str]]
     deadline: float = math.inf
 
     def out_of_time(self, what: str) -> bool:
@@ -137,8 +137,8 @@ class Context:
         self.report.skipped.append(f"{what} (section time limit)")
         return True
 
-    def overrides(self, detector: checks.Detector, *extra: str) -> list[str]:
-        return [*(checks.TINY[detector.family] if self.args.tiny else []), *extra]
+    def overrides(self, detector: table.DetectorEntry, *extra: str) -> list[str]:
+        return [*(detector.tiny if self.args.tiny else []), *extra]
 
     def batch(self, model: torch.nn.Module) -> list[dict]:
         args = self.args
@@ -232,17 +232,9 @@ def validate(args: argparse.Namespace) -> list[str]:
     return sections
 
 
-def available_detectors(report: Report) -> list[tuple[checks.Detector, str]]:
-    """(detector, resolved SQR config path) of each detector whose config exists."""
-    found = []
-    for detector in checks.DETECTORS:
-        try:
-            found.append((detector, resolve_config_file(detector.config)))
-        except FileNotFoundError:
-            if not detector.optional:
-                raise
-            report.skipped.append(f"{detector.name}: no config {detector.config}")
-    return found
+def table_detectors() -> list[tuple[table.DetectorEntry, str]]:
+    """(detector, resolved SQR config path) of every detector in :mod:`sqr.modeling.table`."""
+    return [(detector, resolve_config_file(detector.config)) for detector in table.DETECTORS]
 
 
 def environment() -> list[str]:
@@ -283,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report()
     report.add("# sqr GPU check", "", f"`{command}`", "", *environment(), "")
     summary_at = len(report.lines)
-    ctx = Context(args, report, available_detectors(report))
+    ctx = Context(args, report, table_detectors())
     summary, carry, overruns = [], 0.0, 0.0
     for index, name in enumerate(sections, 1):
         title, run, share = SECTIONS[name]

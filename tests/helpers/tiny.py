@@ -1,13 +1,13 @@
-"""Overrides that shrink the real model configs to test size (same code paths, tiny widths).
+"""The tiny overrides of :mod:`sqr.modeling.table`, by family, for tests that build one
+detector family by hand (the contract tests in tests/contract/ read the table itself)."""
 
-They are the package's ``--tiny`` overrides (``sqr/tools/_device_checks.py``, which the GPU
-check's dry run needs in an installed package), so the tests and that dry run build the same
-models: ResNet-18, 32 channels, small FFNs and 10 queries; the decoder depth stays the recipe's.
-"""
+from sqr.modeling.table import TINY_ADAMIXER as _ADAMIXER
+from sqr.modeling.table import TINY_DAB_DETR as _DAB_DETR
+from sqr.modeling.table import TINY_DEFORMABLE_DETR as _DEFORMABLE_DETR
+from sqr.modeling.table import TINY_DINO as _DINO
 
-from sqr.tools._device_checks import TINY
-
-TINY_DAB_DETR = TINY["dab_detr"]
-TINY_DEFORMABLE_DETR = TINY["deformable_detr"]
-TINY_ADAMIXER = TINY["adamixer"]
-TINY_DINO = TINY["dino"]
+# Lists: callers splice them and pass them to LazyConfig.apply_overrides.
+TINY_DAB_DETR = list(_DAB_DETR)
+TINY_DEFORMABLE_DETR = list(_DEFORMABLE_DETR)
+TINY_ADAMIXER = list(_ADAMIXER)
+TINY_DINO = list(_DINO)

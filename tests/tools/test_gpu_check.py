@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny
 
+from sqr.modeling import table
 from sqr.tools import _device_checks as checks
 from sqr.tools import _step_timing as timing
 from sqr.tools import gpu_check
@@ -41,7 +41,7 @@ def test_dry_run_writes_a_passing_report(tmp_path: Path) -> None:
     summary = report.split("## Summary")[1].split("## 1.")[0]
     for name in gpu_check.SECTIONS:
         assert f"| {name} | PASS |" in summary, name
-    names = [d.name for d in checks.DETECTORS]
+    names = [d.name for d in table.DETECTORS]
     equivalence = section(report, "SQR equivalence")
     steps = section(report, "Training steps per precision")
     for name in names:
@@ -124,7 +124,7 @@ def test_a_failed_check_fails_the_run_and_is_listed(
     # SQR's chain drifting from the plain decoder by 1% must not pass.
     diffs = {"eval": 0.0, "chain": 1e-2, "losses": 0.0, "grads": 0.0}
     monkeypatch.setattr(checks, "sqr_equivalence", lambda sqr, plain, batch: diffs)
-    monkeypatch.setattr(checks, "DETECTORS", checks.DETECTORS[:1])
+    monkeypatch.setattr(table, "DETECTORS", table.DETECTORS[:1])
     out = tmp_path / "report.md"
     assert gpu_check.main([*DRY_RUN, "--sections", "equivalence", "--output", str(out)]) == 1
     report = out.read_text()
@@ -156,18 +156,16 @@ def test_items_past_the_time_limit_are_skipped_and_listed(tmp_path: Path) -> Non
     argv = [*DRY_RUN, "--sections", "train_step", "--budget-s", "1e-9", "--output", str(out)]
     assert gpu_check.main(argv) == 0
     skipped = out.read_text().split("## Skipped")[1]
-    for detector in checks.DETECTORS[:-1]:  # DINO's config may be missing
+    for detector in table.DETECTORS:
         for variant in ("baseline", "sqr"):
             assert f"train_step: {detector.name} {variant} (section time limit)" in skipped
 
 
-def test_tiny_overrides_are_the_tests_ones() -> None:
-    assert checks.TINY == {
-        "dab_detr": tiny.TINY_DAB_DETR,
-        "deformable_detr": tiny.TINY_DEFORMABLE_DETR,
-        "adamixer": tiny.TINY_ADAMIXER,
-        "dino": tiny.TINY_DINO,
-    }
+def test_tiny_run_uses_the_tables_overrides() -> None:
+    ctx = gpu_check.Context(gpu_check.build_parser().parse_args(DRY_RUN), gpu_check.Report(), [])
+    for detector in table.DETECTORS:
+        assert ctx.overrides(detector, "x=1") == [*detector.tiny, "x=1"], detector.name
+    assert [d for d, _ in gpu_check.table_detectors()] == list(table.DETECTORS)
 
 
 def test_level_shapes_at_coco_size() -> None:

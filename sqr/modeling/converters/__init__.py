@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..table import native_modules
 from .detectron2 import ConversionError, convert_detectron2_resnet
 from .detrex import convert_detrex_dab_detr
 from .detrex_deformable import (
@@ -58,26 +59,9 @@ CONVERTERS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
 }
 
 
-#: The top-level modules of sqr's detectors (tests/modeling/test_converters.py keeps it complete).
-NATIVE_MODULES = frozenset(
-    {
-        "anchor_box_embed",
-        "backbone",
-        "bbox_embed",
-        "class_embed",
-        "decoder",
-        "denoising",
-        "encoder",
-        "input_proj",
-        "level_embeds",
-        "neck",
-        "proposals",
-        "query_embedding",
-        "query_generator",
-        "query_selection",
-        "reference_points",
-    }
-)
+#: The top-level modules of sqr's detectors, from the detector table (tests/contract keeps each
+#: entry's set equal to its model's).
+NATIVE_MODULES = native_modules()
 
 
 def is_native(state: Mapping[str, Any]) -> bool:
