@@ -2,7 +2,7 @@
 
 The config files are shipped inside the package at their paths in the repository:
 ``configs/`` as ``sqr/config/configs`` and ``projects/sqr/configs/`` as
-``sqr/config/projects/sqr/configs``, so that ``sqr.config.get_config("common/train.py")``,
+``sqr/config/projects/sqr/configs``, so that ``sqr.model_zoo.get_config("common/train.py")``,
 ``sqr.model_zoo.get_config("sqr_dab_detr_r50_50ep.py")`` and the configs' relative imports work
 from a wheel as well as from a source checkout (where they read the repository's folders).
 

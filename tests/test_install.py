@@ -34,6 +34,7 @@ print(json.dumps({
     "loaded": sorted(ep.load().__module__ for ep in dist.entry_points),
     "mode": model_zoo.get_config("sqr_dab_detr_r50_50ep.py").model.recollection.mode,
     "quickstart": model_zoo.get_config_file("quickstart/sqr_dab_detr_synthetic.py"),
+    "shared": model_zoo.get_config_file("common/train.py"),
     "num_configs": len(model_zoo.list_configs()),
 }))
 """
@@ -95,6 +96,9 @@ def test_wheel_installs_commands_and_configs(tmp_path: Path) -> None:
     assert info["loaded"] == [f"sqr.tools.{m}" for m in TOOL_MODULES]
     assert info["mode"] == "selective"
     assert info["quickstart"].startswith(package)
+    # The shared parts come through the same get_config, from the copy inside the package.
+    installed = os.path.dirname(info["sqr"])
+    assert info["shared"] == os.path.join(installed, "config", "configs", "common", "train.py")
     assert info["num_configs"] == len(list((REPO / "projects/sqr/configs").rglob("*.py")))
     for command in entry_points:
         assert (venv / "bin" / command).is_file(), command

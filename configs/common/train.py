@@ -2,7 +2,7 @@
 train = dict(
     output_dir="./output",
     # Weights loaded before training (weights only). A path, an https:// URL,
-    # detectron2://..., or sqr://NAME from sqr.engine.model_zoo.
+    # detectron2://..., or sqr://NAME from sqr.model_zoo.
     init_checkpoint="",
     # Length of training: set exactly one. Epochs are converted to iterations with the dataset
     # size and the total batch size (the conversion is logged at start).

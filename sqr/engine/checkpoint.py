@@ -29,11 +29,10 @@ from fvcore.common.checkpoint import (
     get_unexpected_parameters_message,
 )
 
+from sqr.model_zoo.downloads import cached_file_advice
 from sqr.modeling.converters import convert, detect_format
 from sqr.utils import comm
 from sqr.utils.file_io import write_atomically
-
-from .model_zoo import cached_file_advice
 
 logger = logging.getLogger(__name__)
 
@@ -317,7 +316,7 @@ class DetectionCheckpointer(Checkpointer):
         *,
         require_complete: bool = False,
     ) -> dict[str, Any]:
-        """Load ``path`` (a file, or a URL/zoo name resolved by :mod:`sqr.engine.model_zoo`).
+        """Load ``path`` (a file, or a URL/zoo name resolved by :func:`sqr.model_zoo.resolve`).
 
         Args:
             path: the checkpoint reference.
@@ -334,7 +333,7 @@ class DetectionCheckpointer(Checkpointer):
             self.logger.info("No checkpoint given: the model keeps its initialisation")
             return {}
         if not os.path.isfile(path):
-            from .model_zoo import resolve
+            from sqr.model_zoo import resolve
 
             if comm.is_main_process():  # one download; the other ranks then find it cached
                 resolve(path)

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sqr.config import LazyConfig, experiment_config_file
+from sqr.config import LazyConfig
 from sqr.data.catalog import get_metadata
+from sqr.model_zoo import get_config_file
 from sqr.utils import comm
 from sqr.utils.cli import default_argument_parser as default_argument_parser  # re-exported
 from sqr.utils.env import collect_env_info, keep_freed_memory, seed_all_rng
@@ -148,7 +149,7 @@ def resolve_config_file(config_file: str) -> str:
 
     Args:
         config_file: a path, or a name under ``projects/sqr/configs`` such as
-            ``"quickstart/sqr_dab_detr_synthetic.py"`` (:func:`sqr.config.experiment_config_file`),
+            ``"quickstart/sqr_dab_detr_synthetic.py"`` (:func:`sqr.model_zoo.get_config_file`),
             which also works where only the installed package is.
 
     Returns:
@@ -160,7 +161,7 @@ def resolve_config_file(config_file: str) -> str:
     if os.path.isfile(config_file):
         return config_file
     try:
-        return experiment_config_file(config_file)
+        return get_config_file(config_file)
     except FileNotFoundError as e:
         raise FileNotFoundError(
             f"--config-file {config_file!r} is neither a file ({os.path.abspath(config_file)} "

@@ -5,7 +5,7 @@
     python tools/convert_checkpoint.py --format detectron2_resnet \
         detectron2://ImageNetPretrained/torchvision/R-50.pkl r50.pth
 
-INPUT is a file or anything :func:`sqr.engine.model_zoo.resolve` accepts (``sqr://NAME``,
+INPUT is a file or anything :func:`sqr.model_zoo.resolve` accepts (``sqr://NAME``,
 ``detectron2://...``, ``https://...``). It is read without unpickling arbitrary objects. OUTPUT is
 ``{"model": converted, "__converted_from__": FORMAT, "__source__": INPUT}``, written to a temporary
 file and renamed, so an existing OUTPUT is left untouched when anything fails.
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from sqr.engine.checkpoint import load_checkpoint_file, write_atomically
-    from sqr.engine.model_zoo import resolve
+    from sqr.model_zoo import resolve
     from sqr.modeling.converters import ConversionError, convert
 
     try:

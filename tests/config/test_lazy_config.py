@@ -10,7 +10,8 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from sqr.config import L, LazyConfig, get_config, instantiate
+from sqr.config import L, LazyConfig, instantiate
+from sqr.model_zoo import get_config
 
 
 def write(path: Path, text: str) -> Path:

@@ -2,7 +2,7 @@
 from helpers.standin import StandInDetector
 
 from sqr.config import LazyCall as L
-from sqr.config import get_config
+from sqr.model_zoo import get_config
 
 dataloader = get_config("common/data/synthetic_detr.py").dataloader
 optimizer = get_config("common/optim.py").AdamW

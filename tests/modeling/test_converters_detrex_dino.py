@@ -10,7 +10,7 @@ import torch
 from helpers.dino_keys import detrex_dino_state
 
 from sqr.config import LazyConfig, instantiate
-from sqr.engine.model_zoo import CHECKPOINTS
+from sqr.model_zoo import CHECKPOINTS
 from sqr.modeling.converters import ConversionError, convert, detect_format, is_native
 from sqr.tools import convert_checkpoint
 

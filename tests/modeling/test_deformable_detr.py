@@ -12,7 +12,7 @@ from helpers.tiny import TINY_DEFORMABLE_DETR
 from omegaconf import OmegaConf
 
 from sqr.config import LazyConfig, instantiate
-from sqr.engine.model_zoo import CHECKPOINTS
+from sqr.model_zoo import CHECKPOINTS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "projects/sqr/configs"
 VARIANTS = {

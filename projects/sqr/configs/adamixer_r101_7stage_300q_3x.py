@@ -1,7 +1,7 @@
 # AdaMixer R101, 300 queries, 7 stages, 3x (36 epochs) with DETR's multi-scale + crop augmentation:
 # mmdet's adamixer_r101_300_query_crop_mstrain_480-800_3x_coco.py, which in the SQR fork inherits
 # num_stages=7 from its edited adamixer_r50_1x_coco.py.
-from sqr.config import get_config
+from sqr.model_zoo import get_config
 
 from .adamixer_r50_1x import model, optimizer, train
 

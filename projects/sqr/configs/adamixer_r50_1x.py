@@ -1,6 +1,6 @@
 # AdaMixer R50, 100 queries, 6 stages, 1x (12 epochs), single scale (AdaMixer paper: 42.7 AP).
 # Train: tools/train_net.py --config-file projects/sqr/configs/adamixer_r50_1x.py --num-gpus 8
-from sqr.config import get_config
+from sqr.model_zoo import get_config
 
 from .models.adamixer_r50 import model
 

@@ -1,6 +1,6 @@
 # DAB-DETR R50, 50 epochs (detrex projects/dab_detr; 43.3 box AP on COCO val2017).
 # Train: tools/train_net.py --config-file projects/sqr/configs/dab_detr_r50_50ep.py --num-gpus 8
-from sqr.config import get_config
+from sqr.model_zoo import get_config
 
 from .models.dab_detr_r50 import model
 

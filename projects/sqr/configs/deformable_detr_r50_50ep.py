@@ -3,7 +3,7 @@
 # SQR-Deformable-DETR reaches 45.8 box AP on COCO val2017 with it).
 # Train: tools/train_net.py --num-gpus 8 \
 #     --config-file projects/sqr/configs/deformable_detr_r50_50ep.py
-from sqr.config import get_config
+from sqr.model_zoo import get_config
 
 from .models.deformable_detr_r50 import model
 

@@ -1,6 +1,6 @@
 # DINO R50 4-scale, 12 epochs (detrex projects/dino; 49.2 box AP on COCO val2017).
 # Train: tools/train_net.py --num-gpus 8 --config-file projects/sqr/configs/dino_r50_4scale_12ep.py
-from sqr.config import get_config
+from sqr.model_zoo import get_config
 
 from .models.dino_r50 import model
 

@@ -2,7 +2,7 @@
 # few minutes, then evaluated with COCO AP. Same code as the R50 recipe at toy scale:
 #   python tools/train_net.py \
 #       --config-file projects/sqr/configs/quickstart/sqr_dab_detr_synthetic.py
-from sqr.config import get_config
+from sqr.model_zoo import get_config
 
 from ..models.dab_detr_r50 import model
 

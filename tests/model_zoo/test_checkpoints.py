@@ -1,4 +1,4 @@
-"""Tests for :mod:`sqr.engine.model_zoo`, served by a local HTTP server on 127.0.0.1."""
+"""Checkpoint references and downloads of :mod:`sqr.model_zoo`, served on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import torch
 
-from sqr.engine import model_zoo
+from sqr import model_zoo
 from sqr.engine.checkpoint import CheckpointFileError, load_checkpoint_file
-from sqr.engine.model_zoo import DownloadError, ZooEntry
+from sqr.model_zoo import DownloadError, ZooEntry, checkpoints, downloads
 
 PAYLOAD = os.urandom(200_000)
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -278,7 +278,7 @@ def test_sqr_unknown_name_lists_known() -> None:
 def test_detectron2_prefix_override(
     server: Server, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(model_zoo, "DETECTRON2_PREFIX", f"{server.base}/d2/")
+    monkeypatch.setattr(checkpoints, "DETECTRON2_PREFIX", f"{server.base}/d2/")
     out = model_zoo.resolve("detectron2://ImageNetPretrained/torchvision/R-50.pkl", progress=False)
     assert Path(out).read_bytes() == CHECKPOINT_BYTES[".pkl"]
     assert server.requests == ["/d2/ImageNetPretrained/torchvision/R-50.pkl"]
@@ -368,7 +368,7 @@ def test_stale_part_files_are_removed_by_the_next_download(server: Server, cache
     stale, live = folder / "other.pth.k9x2.part", folder / "file.bin.a1b2.part"
     stale.write_bytes(b"left by a kill -9")
     live.write_bytes(b"another process is writing this one")
-    old = time.time() - model_zoo.STALE_PART_SECONDS - 60
+    old = time.time() - downloads.STALE_PART_SECONDS - 60
     os.utime(stale, (old, old))
     model_zoo.resolve(f"{server.base}/file.bin", progress=False)
     assert not stale.exists()
@@ -404,7 +404,7 @@ def test_deadline_stops_trickling_server(server: Server, cache: Path) -> None:
 def test_deadline_constant_applies_to_resolve(
     server: Server, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(model_zoo, "DEADLINE", 0.3)
+    monkeypatch.setattr(downloads, "DEADLINE", 0.3)
     start = time.monotonic()
     with pytest.raises(DownloadError, match="deadline"):
         model_zoo.resolve(f"{server.base}/trickle.bin", progress=False)
@@ -457,7 +457,7 @@ def test_unsafe_host_rejected(ref: str, cache: Path, monkeypatch: pytest.MonkeyP
     def no_download(url: str, dest: Path, **kwargs: object) -> Path:
         raise AssertionError(f"would download {url} to {dest}")
 
-    monkeypatch.setattr(model_zoo, "download", no_download)
+    monkeypatch.setattr(checkpoints, "download", no_download)
     with pytest.raises(ValueError) as info:
         model_zoo.resolve(ref, progress=False)
     assert repr(ref) in str(info.value)  # URLs are quoted with repr, as elsewhere in the module
