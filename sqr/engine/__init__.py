@@ -1,4 +1,4 @@
-"""Training engine: command line, launch, setup, trainer and hooks, checkpoints, model zoo."""
+"""Training engine: command line, launch, setup, trainer and hooks, checkpoints."""
 
 from .checkpoint import (
     CheckpointFileError,
