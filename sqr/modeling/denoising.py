@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from sqr.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
-from sqr.modeling.criterion import SetCriterion
+from sqr.modeling.criterion import PredictionSet, SetCriterion
 from sqr.modeling.set_prediction import MatchedPairs
 
 
@@ -79,6 +79,33 @@ class DenoisingQueries:
         repeat = num_decoded_groups
         return MatchedPairs(
             group, image.repeat(repeat), query.repeat(repeat), target.repeat(repeat)
+        )
+
+    def prediction_set(
+        self,
+        logits: Tensor,
+        boxes: Tensor,
+        targets: list[dict[str, Tensor]],
+        group_stage: Sequence[int],
+    ) -> PredictionSet:
+        """The decoded denoising queries as the criterion takes them: every positive copy
+        assigned its own target (:meth:`pairs`), losses divided by ``num_boxes * num_groups``,
+        keys ``{name}_dn_s{stage}``.
+
+        Args:
+            logits: Tensor[G_dn, B, P, K] of every decoded group that carries these queries.
+            boxes: Tensor[G_dn, B, P, 4] normalised cxcywh.
+            targets: per image {"labels", "boxes"}, the targets these queries were built from.
+            group_stage: the stage of each of those groups.
+        """
+        return PredictionSet(
+            logits,
+            boxes,
+            targets,
+            group_stage,
+            suffix="_dn_s{stage}",
+            pairs=self.pairs(logits.shape[0]),
+            num_boxes_factor=self.num_groups,
         )
 
 
@@ -214,31 +241,19 @@ def denoising_losses(
     queries: DenoisingQueries,
     num_boxes: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """The criterion's losses of the denoising queries, each positive copy assigned its target.
+    """The criterion's losses of the denoising queries alone (a detector passes
+    :meth:`DenoisingQueries.prediction_set` with its other sets to one
+    :meth:`SetCriterion.set_losses` call).
 
     Args:
         criterion: the detector's set criterion (its weights and loss terms).
-        logits: Tensor[G_dn, B, P, K] of every decoded group that carries denoising queries.
-        boxes: Tensor[G_dn, B, P, 4] normalised cxcywh.
-        targets: per image {"labels", "boxes"}, as the criterion takes them.
-        group_stage: the stage of each of those groups.
+        logits, boxes, targets, group_stage: as in :meth:`DenoisingQueries.prediction_set`.
         queries: the denoising queries decoded.
         num_boxes: the step's :meth:`SetCriterion.num_boxes` (None: taken here).
 
     Returns:
-        ``loss_{class,bbox,giou}_dn_s{stage}``, summed over the stage's groups.
+        ``{name}_dn_s{stage}`` for each loss term, summed over the stage's groups.
     """
-    losses = criterion.matched_losses(
-        logits,
-        boxes,
-        targets,
-        group_stage,
-        queries.pairs(logits.shape[0]),
-        num_boxes,
-        num_boxes_factor=queries.num_groups,
+    return criterion.set_losses(
+        [queries.prediction_set(logits, boxes, targets, group_stage)], num_boxes
     )
-    renamed = {}
-    for key, value in losses.items():
-        name, stage = key.rsplit("_s", 1)
-        renamed[f"{name}_dn_s{stage}"] = value
-    return renamed

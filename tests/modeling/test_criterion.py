@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 import sqr.modeling.criterion as criterion_module
+from sqr.config import LazyConfig, instantiate
 from sqr.layers import box_ops
-from sqr.modeling.criterion import SetCriterion
+from sqr.modeling.criterion import PredictionSet, SetCriterion
+from sqr.modeling.losses import MatchedInputs, VarifocalClassLoss
 from sqr.modeling.matcher import HungarianMatcher
+from sqr.modeling.set_prediction import MatchedPairs, pad_targets
 
 NAMES = ("loss_class", "loss_bbox", "loss_giou")
 DEFAULT_WEIGHTS = {"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
@@ -268,3 +272,150 @@ def test_non_finite_predictions_give_a_non_finite_loss_not_a_matcher_error():
 
     assert all(torch.isfinite(losses[f"{n}_s0"]) for n in NAMES)  # group 0 is clean
     assert not all(torch.isfinite(losses[f"{n}_s1"]) for n in NAMES)
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def _bce(x: float, y: float) -> float:
+    """Binary cross-entropy of one logit against a soft target, from the definition."""
+    return -(y * math.log(_sigmoid(x)) + (1 - y) * math.log(1 - _sigmoid(x)))
+
+
+def _pairs(*rows: tuple[int, int, int, int]) -> MatchedPairs:
+    """MatchedPairs from (group, image, query, target) rows."""
+    return MatchedPairs(*torch.tensor(rows, dtype=torch.int64).T)
+
+
+def _varifocal_case():
+    """Two queries, two classes; query 0 assigned the class-1 target, IoU 1/3 (see
+    test_hand_computed_losses_and_weights)."""
+    logits = torch.tensor([[[[0.0, 1.0], [-1.0, 2.0]]]], requires_grad=True)
+    boxes = torch.tensor([[[[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.1]]]], requires_grad=True)
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.6, 0.5, 0.2, 0.2]])}]
+    return logits, boxes, targets, _pairs((0, 0, 0, 0))
+
+
+def test_varifocal_hand_computed():
+    logits, boxes, targets, pairs = _varifocal_case()
+    labels, target_boxes, _, _ = pad_targets(targets, torch.device("cpu"))
+    inputs = MatchedInputs(logits, boxes, labels, target_boxes, pairs)
+
+    loss = VarifocalClassLoss(alpha=0.75, gamma=2.0)(inputs)
+
+    # The matched entry (query 0, class 1): target = weight = IoU = 1/3. The others: target 0,
+    # weight 0.75 * sigmoid(x) ** 2.
+    iou = 1 / 3
+    negatives = [0.0, -1.0, 2.0]
+    expected = iou * _bce(1.0, iou) + sum(0.75 * _sigmoid(x) ** 2 * _bce(x, 0) for x in negatives)
+    assert loss.shape == (1,)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.sum().backward()
+    # The IoU target and the weights are detached: no gradient to the boxes, and a negative's
+    # logit gets weight * sigmoid(x) (d/dx of -log(1 - sigmoid(x))), 0.75 * 0.5**2 * 0.5 at x = 0.
+    assert boxes.grad is None
+    assert logits.grad[0, 0, 0, 0].item() == pytest.approx(0.75 * 0.25 * 0.5)
+    assert logits.grad[0, 0, 0, 1].item() == pytest.approx(iou * (_sigmoid(1.0) - iou))
+
+
+def test_varifocal_replaces_the_class_term_under_its_key():
+    # One box case: p = 0.5, IoU 1/3, so the loss is 1/3 * BCE(0, 1/3) = ln 2 / 3.
+    logits, boxes, targets = _one_box_case()
+    criterion = SetCriterion(1, HungarianMatcher(), losses={"loss_class": VarifocalClassLoss()})
+
+    losses = criterion(logits, boxes, targets, [0])
+
+    assert list(losses) == ["loss_class_s0", "loss_bbox_s0", "loss_giou_s0"]
+    assert losses["loss_class_s0"].item() == pytest.approx(math.log(2) / 3, rel=1e-6)
+    assert losses["loss_bbox_s0"].item() == pytest.approx(5.0 * 0.1)
+
+
+def _area_loss(inputs: MatchedInputs) -> torch.Tensor:
+    """A user-defined term: |predicted area - target area| of each matched box."""
+    pred, target = inputs.matched_boxes
+    return inputs.per_group((pred[:, 2] * pred[:, 3] - target[:, 2] * target[:, 3]).abs())
+
+
+def test_a_term_added_by_config_reaches_the_losses_with_its_weight():
+    config = Path(__file__).resolve().parents[2] / "projects/sqr/configs/models/dab_detr_r50.py"
+    cfg = LazyConfig.load(str(config))
+    cfg.model.criterion.num_classes = 1
+    cfg.model.criterion.losses = {"loss_area": _area_loss}
+    cfg.model.criterion.weight_dict = {**cfg.model.criterion.weight_dict, "loss_area": 3.0}
+    criterion = instantiate(cfg.model.criterion)
+    logits, boxes, targets = _one_box_case()
+    targets[0]["boxes"][0, 2] = 0.3  # target area 0.06, predicted 0.04
+
+    losses = criterion(logits, boxes, targets, [0])
+
+    assert criterion.weight_dict["loss_area"] == 3.0
+    assert list(losses) == ["loss_class_s0", "loss_bbox_s0", "loss_giou_s0", "loss_area_s0"]
+    assert losses["loss_area_s0"].item() == pytest.approx(3.0 * 0.02)
+
+
+def test_prediction_sets_keep_their_suffixes_and_are_matched_in_one_call(monkeypatch):
+    logits, boxes, targets = _random_inputs(3, [2, 1], 4, 3, seed=6)
+    binary = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
+    criterion = SetCriterion(3, HungarianMatcher())
+    dn_pairs = _pairs((0, 0, 1, 0), (0, 0, 2, 1), (0, 1, 3, 0))
+    sets = [
+        PredictionSet(logits[:2], boxes[:2], targets, [0, 1]),
+        PredictionSet(logits[2:], boxes[2:], binary, [0], suffix="_enc"),
+        PredictionSet(
+            logits[2:], boxes[2:], targets, [4], "_dn_s{stage}", dn_pairs, num_boxes_factor=2
+        ),
+    ]
+    calls = []
+    match = HungarianMatcher.match
+
+    def counting_match(self, problems):
+        calls.append(len(problems))
+        return match(self, problems)
+
+    monkeypatch.setattr(HungarianMatcher, "match", counting_match)
+
+    losses = criterion.set_losses(sets)
+
+    assert calls == [2]  # the decoder's and the encoder's sets, together
+    suffixes = ["_s0", "_s1", "_enc", "_dn_s4"]
+    assert list(losses) == [f"{n}{s}" for s in suffixes for n in NAMES]
+    decoder = criterion(logits[:2], boxes[:2], targets, [0, 1])
+    encoder = criterion(logits[2:], boxes[2:], binary, [0])
+    for n in NAMES:
+        for s in ("_s0", "_s1"):
+            assert torch.equal(losses[n + s], decoder[n + s])
+        assert torch.equal(losses[f"{n}_enc"], encoder[f"{n}_s0"])
+    # The fixed pairs: 3 of the 3 targets, each loss divided by num_boxes 3 * factor 2.
+    fixed = criterion.set_losses(
+        [PredictionSet(logits[2:], boxes[2:], targets, [4], pairs=dn_pairs)]
+    )
+    for n in NAMES:
+        assert losses[f"{n}_dn_s4"].item() == pytest.approx(fixed[f"{n}_s4"].item() / 2)
+    expected_l1 = sum(
+        (boxes[2, b, q] - targets[b]["boxes"][t].double()).abs().sum().item()
+        for _, b, q, t in [(0, 0, 1, 0), (0, 0, 2, 1), (0, 1, 3, 0)]
+    )
+    assert losses["loss_bbox_dn_s4"].item() == pytest.approx(5.0 * expected_l1 / 6)
+
+
+def test_prediction_set_errors_are_named():
+    logits, boxes, targets = _random_inputs(2, [1], 2, 1, seed=7)
+    criterion = SetCriterion(1, HungarianMatcher())
+    with pytest.raises(ValueError, match="'loss_class_s0'.*distinct suffixes"):
+        criterion.set_losses(
+            [
+                PredictionSet(logits, boxes, targets, [0, 1]),
+                PredictionSet(logits, boxes, targets, [0, 2]),
+            ]
+        )
+    with pytest.raises(ValueError, match="suffix '_enc' has no \\{stage\\}.*\\[0, 1\\]"):
+        criterion.set_losses([PredictionSet(logits, boxes, targets, [0, 1], suffix="_enc")])
+    with pytest.raises(ValueError, match="'_{level}'"):
+        PredictionSet(logits, boxes, targets, [0, 1], suffix="_{level}")
+    with pytest.raises(ValueError, match="at least one prediction set"):
+        criterion.set_losses([])
+    with pytest.raises(ValueError, match="'loss_area'"):
+        SetCriterion(1, HungarianMatcher(), losses={"loss_area": _area_loss})
+    with pytest.raises(ValueError, match="losses\\['loss_area'\\] must be callable"):
+        SetCriterion(1, HungarianMatcher(), losses={"loss_area": 1.0})

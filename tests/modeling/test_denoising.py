@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from sqr.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
-from sqr.modeling.denoising import ContrastiveDenoising, denoising_attn_mask
+from sqr.modeling.criterion import SetCriterion
+from sqr.modeling.denoising import ContrastiveDenoising, denoising_attn_mask, denoising_losses
+from sqr.modeling.matcher import HungarianMatcher
 
 K, C = 5, 8  # classes, channels
 
@@ -156,3 +160,38 @@ def test_sync_free_label_noise_keeps_a_label_drawn_for_every_copy() -> None:
         for i, (b, t) in enumerate([(0, 0), (0, 1), (1, 0)]):
             label = expected[copy * 3 + i]
             assert torch.equal(queries.content[b, 2 * copy + t], emb[label]), (copy, b, t)
+
+
+def test_prediction_set_assigns_each_positive_copy_its_target() -> None:
+    dn = ContrastiveDenoising(K, C, num_denoising=5, label_noise_ratio=0.0, box_noise_scale=0.0)
+    queries = dn(targets(), num_queries=3)
+    # Two decoded groups (stages 0 and 2) that predict every query as its noise-free box, with
+    # a logit of 0 everywhere: the L1 loss vanishes, the class loss is the focal loss at p = 0.5.
+    boxes = queries.boxes.detach()[None].expand(2, -1, -1, -1)
+    logits = torch.zeros(2, 2, 8, K)
+
+    prediction_set = queries.prediction_set(logits, boxes, targets(), [0, 2])
+    losses = denoising_losses(
+        SetCriterion(K, HungarianMatcher()), logits, boxes, targets(), [0, 2], queries
+    )
+
+    assert (prediction_set.suffix, prediction_set.num_boxes_factor) == ("_dn_s{stage}", 2)
+    assert all(
+        torch.equal(a, b) for a, b in zip(prediction_set.pairs, queries.pairs(2), strict=True)
+    )
+    assert sorted(losses) == sorted(
+        f"loss_{n}_dn_s{s}" for n in ("class", "bbox", "giou") for s in (0, 2)
+    )
+    # Per group: 3 targets x 2 groups = 6 positives, the other 2 * 8 * 5 - 6 = 74 logits negative;
+    # divided by num_boxes 3 * num_groups 2.
+    positive = 0.25 * 0.25 * math.log(2)
+    negative = 0.75 * 0.25 * math.log(2)
+    for s in (0, 2):
+        assert losses[f"loss_class_dn_s{s}"].item() == pytest.approx(
+            (6 * positive + 74 * negative) / 6
+        )
+        assert losses[f"loss_bbox_dn_s{s}"].item() == pytest.approx(0.0, abs=1e-6)
+        # GIoU of a box with itself is area / (area + eps): 1 - GIoU = eps / (area + eps) for
+        # the areas 0.04, 0.02 (image 0) and 0.02 (image 1), each twice, weight 2.
+        giou = 2 * sum(1e-6 / (area + 1e-6) for area in (0.04, 0.02, 0.02))
+        assert losses[f"loss_giou_dn_s{s}"].item() == pytest.approx(2 * giou / 6, rel=1e-3)

@@ -30,7 +30,7 @@ from torch import nn
 from sqr.layers.box_ops import refine_boxes
 from sqr.layers.mlp import MLP
 from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention, set_backend
-from sqr.modeling.criterion import LOSS_NAMES, SetCriterion
+from sqr.modeling.criterion import PredictionSet, SetCriterion
 from sqr.modeling.decoders.deformable import DeformableDetrDecoder
 from sqr.modeling.encoders.deformable import DeformableDetrEncoder, flatten_levels
 from sqr.modeling.neck import ChannelMapper
@@ -174,23 +174,17 @@ class DeformableDETR(QueryDetector):
     def losses(
         self, batched_inputs: list[dict], targets: list[dict[str, torch.Tensor]]
     ) -> dict[str, torch.Tensor]:
-        """Weighted losses per stage, plus ``loss_{class,bbox,giou}_enc`` for the two-stage
-        proposals (:meth:`QueryDetector.losses`)."""
+        """Weighted losses per stage, plus ``{name}_enc`` of each of the criterion's terms for
+        the two-stage proposals (:meth:`QueryDetector.losses`)."""
         logits, boxes, schedule, enc_outputs = self._decode(*self.preprocess_image(batched_inputs))
         num_boxes = self.criterion.num_boxes(targets)  # the step's one collective
-        if enc_outputs is None:
-            return self.criterion(logits, boxes, targets, schedule.group_stage, num_boxes)
-        # Class-agnostic matching of every encoder token, solved with the decoder's.
-        binary = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
-        losses, enc = self.criterion.joint_losses(
-            [
-                (logits, boxes, targets, schedule.group_stage),
-                (enc_outputs[0][None], enc_outputs[1][None], binary, [0]),
-            ],
-            num_boxes,
-        )
-        losses.update({f"{name}_enc": enc[f"{name}_s0"] for name in LOSS_NAMES})
-        return losses
+        sets = [PredictionSet(logits, boxes, targets, schedule.group_stage)]
+        if enc_outputs is not None:
+            # Class-agnostic matching of every encoder token, solved with the decoder's.
+            binary = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
+            enc_logits, enc_boxes = enc_outputs[0][None], enc_outputs[1][None]
+            sets.append(PredictionSet(enc_logits, enc_boxes, binary, [0], suffix="_enc"))
+        return self.criterion.set_losses(sets, num_boxes)
 
     def predict_images(
         self, tensor: torch.Tensor, padding: torch.Tensor

@@ -24,9 +24,9 @@ from torch import nn
 from sqr.layers.box_ops import refine_boxes
 from sqr.layers.mlp import MLP
 from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention, set_backend
-from sqr.modeling.criterion import LOSS_NAMES, SetCriterion
+from sqr.modeling.criterion import PredictionSet, SetCriterion
 from sqr.modeling.decoders.dino import DinoDecoder, DinoDecoderOutput
-from sqr.modeling.denoising import ContrastiveDenoising, DenoisingQueries, denoising_losses
+from sqr.modeling.denoising import ContrastiveDenoising, DenoisingQueries
 from sqr.modeling.encoders.deformable import DeformableDetrEncoder, flatten_levels
 from sqr.modeling.neck import ChannelMapper
 from sqr.modeling.query_selection import MixedQuerySelection
@@ -157,35 +157,31 @@ class DINO(QueryDetector):
     def losses(
         self, batched_inputs: list[dict], targets: list[dict[str, torch.Tensor]]
     ) -> dict[str, torch.Tensor]:
-        """Weighted losses per stage, ``loss_{class,bbox,giou}_enc`` for the selected encoder
-        proposals and ``loss_{class,bbox,giou}_dn_s{stage}`` for the denoising queries
+        """Weighted losses per stage, ``{name}_enc`` for the selected encoder proposals and
+        ``{name}_dn_s{stage}`` for the denoising queries, for each of the criterion's terms
         (:meth:`QueryDetector.losses`)."""
         out = self._decode(*self.preprocess_image(batched_inputs), targets)
         # One all-reduce for every loss call below, made whatever this rank's batch holds.
         num_boxes = self.criterion.num_boxes(targets)
-        losses, enc = self.criterion.joint_losses(
-            [
-                (out.logits, out.boxes, targets, out.schedule.group_stage),
-                (out.enc_logits[None], out.enc_boxes[None], targets, [0]),
-            ],
-            num_boxes,
-        )
-        losses.update({f"{name}_enc": enc[f"{name}_s0"] for name in LOSS_NAMES})
+        sets = [
+            PredictionSet(out.logits, out.boxes, targets, out.schedule.group_stage),
+            PredictionSet(out.enc_logits[None], out.enc_boxes[None], targets, [0], suffix="_enc"),
+        ]
+        if out.denoising is not None:
+            decoded = out.decoded
+            stages = decoded.denoising_group_stage
+            logits, boxes = self._heads(
+                decoded.denoising_hidden, decoded.denoising_references, stages
+            )
+            sets.append(out.denoising.prediction_set(logits, boxes, targets, stages))
+        losses = self.criterion.set_losses(sets, num_boxes)
         if out.denoising is None:
             # No image has a target: zero denoising losses that still reach the label
             # embedding, so that every parameter gets a gradient (DDP needs them all).
             zero = self.denoising.label_enc.weight[0, 0] * 0.0
             stages = range(out.schedule.num_stages)
-            losses.update({f"{n}_dn_s{s}": zero for s in stages for n in LOSS_NAMES})
-            return losses
-        decoded = out.decoded
-        stages = decoded.denoising_group_stage
-        logits, boxes = self._heads(decoded.denoising_hidden, decoded.denoising_references, stages)
-        losses.update(
-            denoising_losses(
-                self.criterion, logits, boxes, targets, stages, out.denoising, num_boxes
-            )
-        )
+            names = self.criterion.weight_dict
+            losses.update({f"{n}_dn_s{s}": zero for s in stages for n in names})
         return losses
 
     def predict_images(
