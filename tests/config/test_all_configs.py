@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.tiny import TINY_ADAMIXER, TINY_DAB_DETR, TINY_DEFORMABLE_DETR, TINY_DINO
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sqr.config import LazyConfig, instantiate, locate
+from sqr.modeling import table
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_FILES = sorted(
@@ -56,33 +56,22 @@ def _loadable(paths: list[Path]) -> list:
     ]
 
 
-# Overrides that shrink a model so that building it is cheap (keyed by path under the repo).
+# Overrides that shrink a model so that building it is cheap (keyed by path under the repo): each
+# table entry's for its recipes and its family's model fragment (models/<family>_r50.py).
 TINY_OVERRIDES: dict[str, list[str]] = {
-    "projects/sqr/configs/models/dab_detr_r50.py": TINY_DAB_DETR,
-    "projects/sqr/configs/dab_detr_r50_50ep.py": TINY_DAB_DETR,
-    "projects/sqr/configs/sqr_dab_detr_r50_50ep.py": TINY_DAB_DETR,
-    "projects/sqr/configs/models/deformable_detr_r50.py": TINY_DEFORMABLE_DETR,
-    **{
-        f"projects/sqr/configs/{prefix}deformable_detr_{variant}r50_50ep.py": TINY_DEFORMABLE_DETR
-        for prefix in ("", "sqr_")
-        for variant in ("", "refine_", "two_stage_")
-    },
-    **{
-        f"projects/sqr/configs/detrex_weights/deformable_detr_r50_{variant}converted.py": (
-            TINY_DEFORMABLE_DETR
+    f"projects/sqr/configs/{name}": list(entry.tiny)
+    for entry in table.DETECTORS
+    for name in (entry.config, entry.baseline_config, f"models/{entry.family}_r50.py")
+}
+# The released weights' configs evaluate a Deformable-DETR recipe's model.
+TINY_OVERRIDES.update(
+    {
+        f"projects/sqr/configs/detrex_weights/deformable_detr_r50_{variant}converted.py": list(
+            table.TINY_DEFORMABLE_DETR
         )
         for variant in ("", "box_refine_", "two_stage_")
-    },
-    "projects/sqr/configs/models/dino_r50.py": TINY_DINO,
-    "projects/sqr/configs/dino_r50_4scale_12ep.py": TINY_DINO,
-    "projects/sqr/configs/sqr_dino_r50_4scale_12ep.py": TINY_DINO,
-    "projects/sqr/configs/models/adamixer_r50.py": TINY_ADAMIXER,
-    **{
-        f"projects/sqr/configs/{prefix}adamixer_{recipe}.py": TINY_ADAMIXER
-        for prefix in ("", "sqr_")
-        for recipe in ("r50_1x", "r101_7stage_300q_3x")
-    },
-}
+    }
+)
 # detrex's configs wrap the same models in Detectron2Adapter (model.detector): the same overrides.
 TINY_OVERRIDES.update(
     {

@@ -121,6 +121,7 @@ def test_each_group_is_its_stage_chain_whatever_is_batched_with_it(pair: Pair) -
 
 
 def test_training_gives_the_losses_of_every_group_with_gradients(pair: Pair) -> None:
+    # The batch's second image has no object: its terms must still reach every parameter.
     model = pair.sqr.train()
     model.zero_grad()
     torch.manual_seed(0)
@@ -133,6 +134,8 @@ def test_training_gives_the_losses_of_every_group_with_gradients(pair: Pair) -> 
     sum(losses.values()).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"no gradient for {missing}"
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert all(torch.isfinite(grad).all() for grad in grads)
     model.zero_grad()
 
 

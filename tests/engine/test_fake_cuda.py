@@ -13,32 +13,24 @@ from __future__ import annotations
 import pytest
 from helpers.fake_cuda import audit_training_forward, fake_assignment
 from helpers.recollection_reference import CONFIGS
-from helpers.tiny import TINY_ADAMIXER, TINY_DAB_DETR, TINY_DEFORMABLE_DETR, TINY_DINO
 
 import sqr.modeling.matcher as matcher_module
+from sqr.modeling import table
 
-_SYNC_FREE_NOISE = ["+model.denoising.sync_free_label_noise=True"]
+# Denoising draws detrex's label noise by default, which reads a count (see the last test).
+_SYNC_FREE_NOISE = ("+model.denoising.sync_free_label_noise=True",)
+#: name -> (config, overrides): every detector of the table, SQR and baseline.
 CASES = {
-    "dab_detr": ("dab_detr_r50_50ep.py", TINY_DAB_DETR),
-    "sqr_dab_detr": ("sqr_dab_detr_r50_50ep.py", TINY_DAB_DETR),
-    "deformable_detr": ("deformable_detr_r50_50ep.py", TINY_DEFORMABLE_DETR),
-    "sqr_deformable_detr": ("sqr_deformable_detr_r50_50ep.py", TINY_DEFORMABLE_DETR),
-    "sqr_deformable_detr_refine": (
-        "sqr_deformable_detr_refine_r50_50ep.py",
-        TINY_DEFORMABLE_DETR,
-    ),
-    "deformable_detr_two_stage": (
-        "deformable_detr_two_stage_r50_50ep.py",
-        TINY_DEFORMABLE_DETR,
-    ),
-    "sqr_deformable_detr_two_stage": (
-        "sqr_deformable_detr_two_stage_r50_50ep.py",
-        TINY_DEFORMABLE_DETR,
-    ),
-    "adamixer": ("adamixer_r50_1x.py", TINY_ADAMIXER),
-    "sqr_adamixer": ("sqr_adamixer_r50_1x.py", TINY_ADAMIXER),
-    "dino": ("dino_r50_4scale_12ep.py", [*TINY_DINO, *_SYNC_FREE_NOISE]),
-    "sqr_dino": ("sqr_dino_r50_4scale_12ep.py", [*TINY_DINO, *_SYNC_FREE_NOISE]),
+    f"{entry.name} {variant}": (
+        entry.config,
+        [
+            *entry.tiny,
+            *extra,
+            *(_SYNC_FREE_NOISE if "denoising" in entry.native_modules else ()),
+        ],
+    )
+    for entry in table.DETECTORS
+    for variant, extra in (("sqr", ()), ("baseline", (table.BASELINE,)))
 }
 
 
@@ -63,7 +55,7 @@ def test_a_training_forward_copies_to_the_host_once(name: str) -> None:
 
 def test_a_batch_without_targets_copies_nothing_to_the_host() -> None:
     # Nothing to match: the matcher skips its costs and their copy.
-    config, overrides = CASES["sqr_dino"]
+    config, overrides = CASES["DINO sqr"]
     audit = audit_training_forward(CONFIGS / config, overrides, num_boxes=(0, 0))
     assert audit.sites("h2d") == {} and audit.total("d2h") == 0
     assert audit.sites("item") == {} and audit.sites("nonzero") == {}
@@ -71,7 +63,8 @@ def test_a_batch_without_targets_copies_nothing_to_the_host() -> None:
 
 def test_detrex_label_noise_reads_its_count_once() -> None:
     # The default draws detrex's random numbers, which needs the count of redrawn labels.
-    audit = audit_training_forward(CONFIGS / CASES["dino"][0], TINY_DINO)
+    dino = table.entry("DINO")
+    audit = audit_training_forward(CONFIGS / dino.config, [*dino.tiny, table.BASELINE])
     assert audit.total("nonzero") == 1
     (site,) = audit.sites("nonzero")
     assert site.startswith("denoising.py:")

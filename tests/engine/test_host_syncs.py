@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.detectors import build_detector
-from helpers.recollection_reference import CASES, CONFIGS, _batch
-from helpers.tiny import TINY_DINO
+from helpers.recollection_reference import CONFIGS, _batch
 
 import sqr
 from sqr.engine import Trainer
+from sqr.modeling import table
 from sqr.utils.events import EventStorage
 
 _READS = ("item", "tolist", "cpu", "__bool__", "nonzero")
@@ -48,21 +48,14 @@ def host_reads(monkeypatch) -> collections.Counter:
     return counts
 
 
-_CASES = {**CASES, "sqr_dino": ("sqr_dino_r50_4scale_12ep.py", TINY_DINO, [])}
+# One copy of the matcher's costs per step for every detector: two-stage proposals are matched
+# with the decoder groups, DINO's denoising queries are pre-assigned.
+MATCHINGS = 1
 
 
-@pytest.mark.parametrize(
-    "case, matchings",
-    [
-        ("sqr_dab_detr", 1),
-        ("sqr_deformable_detr_two_stage", 1),  # proposals matched with the decoder groups
-        ("sqr_adamixer", 1),
-        ("sqr_dino", 1),  # decoder groups and proposals together; denoising is pre-assigned
-    ],
-)
-def test_a_step_reads_the_matcher_costs_and_one_flag(host_reads, case, matchings) -> None:
-    config, tiny, extra = _CASES[case]
-    model = build_detector(CONFIGS / config, [*tiny, *extra])
+@pytest.mark.parametrize("entry", table.DETECTORS, ids=lambda entry: entry.name)
+def test_a_step_reads_the_matcher_costs_and_one_flag(host_reads, entry) -> None:
+    model = build_detector(CONFIGS / entry.config, list(entry.tiny))
     trainer = Trainer(model, [_batch()] * 4, torch.optim.AdamW(model.parameters()), log_period=3)
     trainer.max_iter = 3
     with EventStorage(0) as trainer.storage:
@@ -73,8 +66,8 @@ def test_a_step_reads_the_matcher_costs_and_one_flag(host_reads, case, matchings
             reads.append(sum(host_reads.values()))
             if trainer.iter < 2:
                 step_reads = dict(host_reads)
-    assert reads[:2] == [matchings + 1] * 2, step_reads
+    assert reads[:2] == [MATCHINGS + 1] * 2, step_reads
     # The last step of the log period also reads the period's losses, once.
-    assert reads[2] == matchings + 2
+    assert reads[2] == MATCHINGS + 2
     assert trainer.storage.history("total_loss").values()[0][1] == 0  # every step is logged
     assert len(trainer.storage.history("total_loss").values()) == 3

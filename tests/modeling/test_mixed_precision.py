@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers.detectors import build_detector
-from helpers.recollection_reference import CASES, CONFIGS, _batch
-from helpers.tiny import TINY_DINO
+from helpers.recollection_reference import CONFIGS, _batch
 
 from sqr.layers.box_ops import refine_boxes
+from sqr.modeling import table
 
 
 def test_refinement_is_float32_under_autocast() -> None:
@@ -21,15 +21,9 @@ def test_refinement_is_float32_under_autocast() -> None:
     assert torch.equal(boxes, refine_boxes(delta.float(), reference, 1e-5))
 
 
-_CASES = {**CASES, "sqr_dino": ("sqr_dino_r50_4scale_12ep.py", TINY_DINO, [])}
-
-
-@pytest.mark.parametrize(
-    "case", ["sqr_dab_detr", "sqr_deformable_detr_two_stage", "sqr_adamixer", "sqr_dino"]
-)
-def test_bfloat16_step_matches_float32(case: str) -> None:
-    config, tiny, extra = _CASES[case]
-    model = build_detector(CONFIGS / config, [*tiny, *extra]).train()
+@pytest.mark.parametrize("entry", table.DETECTORS, ids=lambda entry: entry.name)
+def test_bfloat16_step_matches_float32(entry: table.DetectorEntry) -> None:
+    model = build_detector(CONFIGS / entry.config, [*entry.tiny, *entry.no_dropout]).train()
     torch.manual_seed(0)
     fp32 = model(_batch())
     torch.manual_seed(0)
