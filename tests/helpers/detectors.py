@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+from torchvision.ops import box_convert
 
 from sqr.config import LazyConfig, instantiate
 
@@ -129,3 +130,33 @@ def check_checkpointing_changes_nothing(
         # biases get gradients that are rounding noise around zero).
         scale = max(1.0, grad.abs().max().item())
         torch.testing.assert_close(grad, grads_b[name], rtol=0, atol=1e-5 * scale, msg=name)
+
+
+def check_detections_by_hand(model: nn.Module, inputs: list[dict], *, drop_empty: bool) -> None:
+    """Evaluation reports, per image, the top-k (query, class) pairs of the final stage by
+    sigmoid score and their boxes in the input's ``height`` x ``width``, clipped to it, without
+    the boxes clipping emptied when ``drop_empty``: recomputed here from :meth:`predict`'s
+    normalised cxcywh boxes with torchvision, not by the model's post-processing."""
+    model.eval()
+    with torch.no_grad():
+        results = model(inputs)
+        logits, boxes, _ = model.predict(inputs)
+    num_classes, top_k = logits.shape[-1], model.select_box_nums_for_evaluation
+    # One call over the batch, as the model makes it: a vectorised sigmoid may round the
+    # elements that one image's slice would leave to its scalar tail differently.
+    all_scores = logits[-1].sigmoid().flatten(1)  # [B, Q * K], query-major
+    for b, (x, result) in enumerate(zip(inputs, results, strict=True)):
+        scores = all_scores[b]
+        order = scores.argsort(descending=True, stable=True)[:top_k]
+        query, label = order.div(num_classes, rounding_mode="floor"), order.remainder(num_classes)
+        height, width = x["height"], x["width"]
+        xyxy = box_convert(boxes[-1, b, query], "cxcywh", "xyxy")
+        xyxy = xyxy * torch.tensor([width, height, width, height], dtype=xyxy.dtype)
+        xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
+        xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
+        keep = torch.ones(len(order), dtype=torch.bool)
+        if drop_empty:
+            keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+        torch.testing.assert_close(result["boxes"], xyxy[keep], msg=f"image {b} boxes")
+        assert torch.equal(result["scores"], scores[order][keep]), f"image {b} scores"
+        assert torch.equal(result["labels"], label[keep]), f"image {b} labels"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from sqr.config import LazyConfig, instantiate
 from sqr.modeling.backbone import ResNet
 from sqr.modeling.converters import (
     CONVERTERS,
@@ -296,9 +297,6 @@ def test_convert_dispatch() -> None:
 
 
 def test_detrex_loads_into_real_dab_detr() -> None:
-    pytest.importorskip("sqr.modeling.detectors.dab_detr")
-    from sqr.config import LazyConfig, instantiate
-
     cfg = LazyConfig.load(str(REPO / "projects/sqr/configs/models/dab_detr_r50.py"))
     model = instantiate(cfg.model)
     converted = convert_detrex_dab_detr(detrex_dab_detr_state(Filler()))

@@ -93,16 +93,10 @@ def test_checkpointing_recollected_groups_changes_nothing() -> None:
 
 
 def test_inference_contract() -> None:
-    model = build().eval()
     inputs = batch()
     inputs[0]["height"], inputs[0]["width"] = 128, 160  # report boxes at twice the input size
-    with torch.no_grad():
-        results = model(inputs)
-    first = results[0]
-    assert first["boxes"].shape[1] == 4 and first["scores"].shape == first["labels"].shape
-    assert len(first["scores"]) <= 10  # select_box_nums_for_evaluation
-    assert (first["boxes"][:, 2] <= 160).all() and (first["boxes"][:, 3] <= 128).all()
-    assert first["labels"].max() < 5
+    # detrex's DAB-DETR post-processing drops the boxes that clipping to the image emptied.
+    detectors.check_detections_by_hand(build(), inputs, drop_empty=True)
 
 
 @pytest.mark.parametrize(

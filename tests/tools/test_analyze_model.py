@@ -8,15 +8,33 @@ from helpers.tiny import TINY_DAB_DETR
 from sqr.tools import analyze_model
 
 
+def rows(table: str) -> dict[str, list[str]]:
+    """The cells after the name of each row of a markdown table, by name."""
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines()]
+    return {row[0]: row[1:] for row in cells if row and not row[0].startswith((":", "name"))}
+
+
 def test_parameter_and_flop_tables(capsys) -> None:
     tables = analyze_model.main(
         ["--config-file", "dab_detr_r50_50ep.py", "--height", "64", "--width", "80", *TINY_DAB_DETR]
     )
     assert set(tables) == {"parameter", "flop"}
-    assert "backbone" in tables["parameter"] and "decoder" in tables["parameter"]
-    assert "Inference on one 64x80 image:" in tables["flop"] and "GFLOPs" in tables["flop"]
-    assert "| decoder" in tables["flop"]
     assert "flops of dab_detr_r50_50ep.py" in capsys.readouterr().out
+    # By hand, in fvcore's units (one multiply-add is one flop, 3 significant digits).
+    # conv1: 7x7, 3 -> 64 channels, stride 2: 64 * 3 * 49 = 9408 weights, each used at the
+    # 32 x 40 output positions: 12_042_240 flops.
+    # input_proj: 1x1, 512 -> 32 channels on the stride-32 map of 2 x 3 positions:
+    # 512 * 32 + 32 = 16_416 parameters, 512 * 32 * 6 = 98_304 flops.
+    # class_embed: 32 -> 5 linear, 165 parameters, 160 flops per query for 10 queries and 6
+    # stages: 9600 flops. anchor_box_embed: 10 anchors x 4, no flops.
+    parameters = rows(tables["parameter"])
+    assert parameters["input_proj"] == ["16.4K"] and parameters["class_embed"] == ["0.2K"]
+    assert parameters["anchor_box_embed"] == ["40"]
+    flops = rows(tables["flop"].split("\n", 1)[1])
+    assert flops["backbone.conv1"] == ["9.408K", "12.042M"]
+    assert flops["input_proj"] == ["16.416K", "98.304K"]
+    assert flops["class_embed"] == ["0.165K", "9.6K"]
+    assert flops["anchor_box_embed"] == ["40", ""]
 
 
 def test_bad_size_is_named() -> None:

@@ -52,7 +52,9 @@ def test_select_records(tool) -> None:
         tool.select_records(records, [1, 7], 2)
 
 
-def test_draws_a_grid_for_chosen_images(tool, datasets_dir, tmp_path: Path) -> None:
+def test_draws_a_grid_for_chosen_images(
+    tool, datasets_dir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = LazyConfig.load(QUICKSTART)
     torch.manual_seed(0)
     weights = tmp_path / "model.pth"
@@ -62,10 +64,21 @@ def test_draws_a_grid_for_chosen_images(tool, datasets_dir, tmp_path: Path) -> N
         [*argv, "--top-k", "3", "train.device=cpu", f"train.init_checkpoint={weights}"]
     )
     assert args.image_ids == [2, 1]
+    drawn = []
+    draw_grid = tool.draw_grid
+    monkeypatch.setattr(
+        tool, "draw_grid", lambda rows, *a: (drawn.extend(rows), draw_grid(rows, *a))
+    )
     path = Path(tool.main(args))
     assert path == tmp_path / "stage_grid.png"
+    # The chosen images in the chosen order, each with 6 stage panels of the top 3 queries.
+    assert [row["image_id"] for row in drawn] == [2, 1]
+    for row in drawn:
+        assert [len(panel) for panel in row["panels"]] == [3] * 6
+        for panel in row["panels"]:
+            assert [p["score"] for p in panel] == sorted((p["score"] for p in panel), reverse=True)
     with Image.open(path) as image:
         image.verify()
         assert image.format == "PNG"
-        # 2 rows of 7 panels (ground truth + 6 stages), each about 2.6 x 2.8 inches.
-        assert image.width / image.height == pytest.approx(7 * 2.6 / (2 * 2.8), rel=0.1)
+        # 2 rows of 7 panels (ground truth + 6 stages) of 2.6 x 2.8 inches, at 100 dpi.
+        assert image.size == (7 * 260, 2 * 280)
