@@ -19,7 +19,7 @@ from sqr.engine import launch
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)  # 14 two-process trainings (7 detectors, SQR and baseline)
 def test_empty_rank_trains_like_one_process(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TORCH_DISTRIBUTED_DEBUG", "DETAIL")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

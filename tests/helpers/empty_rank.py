@@ -11,42 +11,17 @@ from torch import nn
 
 from helpers.detectors import NO_OBJECT, TWO_OBJECTS, build_detector, detection_batch
 from helpers.recollection_reference import CONFIGS
-from helpers.tiny import TINY_ADAMIXER, TINY_DAB_DETR, TINY_DEFORMABLE_DETR, TINY_DINO
+from sqr.modeling import table
 
 # Per-image features must not depend on the batch: frozen BN statistics, no dropout (each rank
 # draws its own masks), and both images of one size (no padding that only the batch adds).
 _FROZEN = ["model.backbone.norm=FrozenBN"]
-_NO_DROPOUT = ["model.encoder.dropout=0.0", "model.decoder.dropout=0.0"]
 
-#: name -> (config, overrides)
+#: name -> (config, overrides): every detector of the table, SQR and baseline.
 CASES: dict[str, tuple[str, list[str]]] = {
-    "dab_detr": ("dab_detr_r50_50ep.py", TINY_DAB_DETR),
-    "sqr_dab_detr": ("sqr_dab_detr_r50_50ep.py", TINY_DAB_DETR),
-    "deformable_detr": ("deformable_detr_r50_50ep.py", [*TINY_DEFORMABLE_DETR, *_NO_DROPOUT]),
-    "sqr_deformable_detr": (
-        "sqr_deformable_detr_r50_50ep.py",
-        [*TINY_DEFORMABLE_DETR, *_NO_DROPOUT],
-    ),
-    "deformable_detr_refine": (
-        "deformable_detr_refine_r50_50ep.py",
-        [*TINY_DEFORMABLE_DETR, *_NO_DROPOUT],
-    ),
-    "sqr_deformable_detr_refine": (
-        "sqr_deformable_detr_refine_r50_50ep.py",
-        [*TINY_DEFORMABLE_DETR, *_NO_DROPOUT],
-    ),
-    "deformable_detr_two_stage": (
-        "deformable_detr_two_stage_r50_50ep.py",
-        [*TINY_DEFORMABLE_DETR, *_NO_DROPOUT],
-    ),
-    "sqr_deformable_detr_two_stage": (
-        "sqr_deformable_detr_two_stage_r50_50ep.py",
-        [*TINY_DEFORMABLE_DETR, *_NO_DROPOUT],
-    ),
-    "adamixer": ("adamixer_r50_1x.py", TINY_ADAMIXER),
-    "sqr_adamixer": ("sqr_adamixer_r50_1x.py", TINY_ADAMIXER),
-    "dino": ("dino_r50_4scale_12ep.py", TINY_DINO),
-    "sqr_dino": ("sqr_dino_r50_4scale_12ep.py", TINY_DINO),
+    f"{entry.name} {variant}": (entry.config, [*entry.tiny, *entry.no_dropout, *extra])
+    for entry in table.DETECTORS
+    for variant, extra in (("sqr", ()), ("baseline", (table.BASELINE,)))
 }
 STEPS = 2
 
