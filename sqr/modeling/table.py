@@ -147,7 +147,8 @@ DETECTORS: tuple[DetectorEntry, ...] = (
         family="adamixer",
         tiny=TINY_ADAMIXER,
         native_modules=frozenset({"backbone", "neck", "query_generator", "decoder"}),
-        formats=("mmdet_adamixer",),
+        # sqr_legacy: sqr's own AdaMixer checkpoints from when its stages were "stages".
+        formats=("mmdet_adamixer", "sqr_legacy"),
     ),
     DetectorEntry(
         name="AdaMixer R101 7-stage",
@@ -155,7 +156,8 @@ DETECTORS: tuple[DetectorEntry, ...] = (
         family="adamixer",
         tiny=TINY_ADAMIXER,
         native_modules=frozenset({"backbone", "neck", "query_generator", "decoder"}),
-        formats=("mmdet_adamixer",),
+        # sqr_legacy: sqr's own AdaMixer checkpoints from when its stages were "stages".
+        formats=("mmdet_adamixer", "sqr_legacy"),
     ),
     DetectorEntry(
         name="DINO",

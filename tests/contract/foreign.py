@@ -11,6 +11,8 @@ from modeling.test_converters_mmdet_adamixer import mmdet_adamixer_state
 from modeling.test_converters_mmdet_deformable import mmdet_deformable_state
 from omegaconf import DictConfig
 
+from sqr.config import instantiate
+
 
 class Filler:
     """Tensors of a given shape, each filled with its own value (every tensor distinguishable)."""
@@ -50,4 +52,9 @@ def foreign_checkpoint(fmt: str, model: DictConfig) -> tuple[dict[str, torch.Ten
         return state, []
     if fmt == "detrex_dino":
         return detrex_dino_state(Filler()), []
+    if fmt == "sqr_legacy":  # today's names, as sqr wrote them before decoder stages were layers
+        with torch.device("meta"):
+            native = instantiate(model).state_dict()
+        renamed = {k.replace("decoder.layers.", "decoder.stages.", 1): v for k, v in native.items()}
+        return renamed, []
     raise KeyError(f"no foreign checkpoint of format {fmt!r}: add one here")

@@ -27,7 +27,7 @@ CONFIG = ROOT / "projects/sqr/configs/sqr_deformable_detr_r50_50ep.py"
 # No dropout (compiled graphs draw other random numbers); one encoder and two decoder layers
 # (three SQR groups) keep the tracing short.
 SMALL = ["model.encoder.dropout=0.0", "model.decoder.dropout=0.0"]
-SMALL += ["model.encoder.num_layers=1", "model.decoder.num_layers=2"]
+SMALL += ["model.encoder.num_layers=1", "model.decoder.num_stages=2"]
 STEPS = 2
 
 

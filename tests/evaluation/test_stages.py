@@ -50,7 +50,7 @@ def test_one_output_per_stage_and_the_last_is_the_eval_output(model) -> None:
     stages = stage_predictions(model, inputs)
     with torch.no_grad():
         after = model(inputs)
-    assert len(stages) == model.decoder.num_layers == 6
+    assert len(stages) == model.decoder.num_stages == 6
     assert all(len(per_image) == len(inputs) for per_image in stages)
     for final, normal, again in zip(stages[-1], before, after, strict=True):
         for key in ("boxes", "scores", "labels"):

@@ -49,7 +49,7 @@ def oracle_decode(decoder, content, xyzr, *features, schedule):
     logits, predicted = [], []
     for stage in range(schedule.num_stages):
         for source in schedule.sources(stage):
-            out, group_logits, new_xyzr = decoder.stages[stage](
+            out, group_logits, new_xyzr = decoder.layers[stage](
                 contents[source], boxes[source], features, 1
             )
             logits.append(group_logits)
@@ -150,9 +150,16 @@ def test_inference_contract() -> None:
     torch.testing.assert_close(first["boxes"][0], expected)
 
 
-def test_stage_count_mismatch_is_rejected() -> None:
-    with pytest.raises(ValueError, match="stages"):
-        build("selective", "model.recollection.num_stages=5")
+def test_the_schedule_follows_the_decoder_depth() -> None:
+    # One setting for any depth: the paper's rule on 4 stages gives 1, 2, 3, 5 groups.
+    model = build("selective", "model.decoder.num_stages=4")
+    assert model.recollection.groups_per_stage == (1, 2, 3, 5)
+    assert model.plain_schedule.groups_per_stage == (1, 1, 1, 1)
+
+
+def test_an_unknown_recollection_mode_is_named() -> None:
+    with pytest.raises(ValueError, match="'sparse'"):
+        build("sparse")
 
 
 @pytest.mark.parametrize(

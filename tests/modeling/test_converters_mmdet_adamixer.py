@@ -159,7 +159,7 @@ def test_tiny_checkpoint_loads_into_the_model_with_values() -> None:
     model = instantiate(cfg.model)
     result = model.load_state_dict(convert_mmdet_adamixer(source), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
-    stage = model.decoder.stages[2]
+    stage = model.decoder.layers[2]
     p = "roi_head.bbox_head.2."
     assert torch.equal(stage.self_attn.iof_tau, source[p + "iof_tau"])
     assert torch.equal(stage.cls_branch[3].weight, source[p + "fc_cls.weight"])

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from sqr.config import LazyConfig, instantiate
 from sqr.model_zoo import CHECKPOINTS
+from sqr.modeling.decoders.deformable import DeformableInputs
 
 CONFIGS = Path(__file__).resolve().parents[2] / "projects/sqr/configs"
 VARIANTS = {
@@ -69,6 +70,7 @@ def oracle_decode(
     """The schedule run one group at a time with the same layers: no batching of groups."""
     contents, references = [content], [reference]
     hidden, used = [], []
+    inputs = DeformableInputs(memory, padding, shapes, ratios, bbox_embed, query_pos, reference)
     for stage in range(schedule.num_stages):
         maps = decoder.layers[stage].cross_attn.project_value(memory, shapes, padding)
         for source in schedule.sources(stage):
@@ -76,7 +78,7 @@ def oracle_decode(
                 ref = reference
             else:  # own references, detached after the first layer
                 ref = references[source] if stage == 0 else references[source].detach()
-            out = decoder.decode_stage(stage, contents[source], ref, query_pos, maps, ratios, 1)
+            out = decoder.decode_stage(stage, contents[source], ref, maps, inputs, 1)
             hidden.append(out)
             used.append(ref if bbox_embed is None else as_box(ref))
             contents.append(out)
@@ -131,7 +133,7 @@ def test_eval_identical_with_sqr_on_and_off(variant: str) -> None:
     detectors.check_eval_identical_with_sqr_on_and_off(sqr, build(variant, "none"), batch)
     # Evaluation runs the plain chain even with grad enabled (no requires_grad switch).
     logits, _, schedule = sqr.predict(batch())
-    assert schedule.is_plain and logits.shape[0] == sqr.decoder.num_layers
+    assert schedule.is_plain and logits.shape[0] == sqr.decoder.num_stages
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from sqr.config import LazyConfig, instantiate
 from sqr.evaluation.stages import stage_predictions
+from sqr.modeling.decoders.dino import DinoInputs
 from sqr.modeling.denoising import denoising_losses
 
 CONFIGS = Path(__file__).resolve().parents[2] / "projects/sqr/configs"
@@ -68,6 +69,9 @@ def oracle_decode(
         reference = torch.cat([dn_boxes, reference], 1)
     contents, references = [content], [reference]
     hidden, used, dn_hidden, dn_used, dn_stage = [], [], [], [], []
+    inputs = DinoInputs(
+        memory, padding, shapes, ratios, bbox_embed, None, reference, num_queries, mask
+    )
     for stage in range(schedule.num_stages):
         maps = decoder.layers[stage].cross_attn.project_value(memory, shapes, padding)
         sources = list(schedule.sources(stage))
@@ -77,7 +81,7 @@ def oracle_decode(
                 c, r = c[:, -num_queries:], r[:, -num_queries:]
             r_in = r if stage == 0 else r.detach()
             group_mask = mask if c.shape[1] > num_queries else None
-            out = decoder.decode_stage(stage, c, r_in, maps, ratios, 1, group_mask)
+            out = decoder.decode_stage(stage, c, r_in, maps, inputs, 1, group_mask)
             normed, extra = decoder.norm(out), out.shape[1] - num_queries
             hidden.append(normed[:, extra:])
             used.append(r[:, extra:])
@@ -154,7 +158,7 @@ def test_eval_identical_with_sqr_on_and_off() -> None:
     detectors.check_eval_identical_with_sqr_on_and_off(sqr, build("none"), batch)
     # Evaluation runs the plain chain even with grad enabled (no requires_grad switch).
     logits, _, schedule = sqr.predict(batch())
-    assert schedule.is_plain and logits.shape[0] == sqr.decoder.num_layers
+    assert schedule.is_plain and logits.shape[0] == sqr.decoder.num_stages
 
 
 @pytest.mark.parametrize("images", ["one_empty", "all_empty"])
@@ -182,7 +186,7 @@ def test_training_without_targets_raises() -> None:
 def test_stage_predictions_run_on_dino() -> None:
     model = build().eval()
     stages = stage_predictions(model, batch())
-    assert len(stages) == model.decoder.num_layers
+    assert len(stages) == model.decoder.num_stages
     with torch.no_grad():
         final = model(batch())
     for ours, reference in zip(stages[-1], final, strict=True):

@@ -26,6 +26,7 @@ from .mmdet_deformable import (
     convert_torchvision_resnet,
     mmdet_deformable_format,
 )
+from .sqr_legacy import convert_sqr_legacy, is_sqr_legacy
 
 __all__ = [
     "NATIVE_MODULES",
@@ -42,6 +43,7 @@ __all__ = [
     "convert_mmdet_adamixer",
     "convert_mmdet_deformable_detr",
     "convert_mmdet_deformable_detr_refine",
+    "convert_sqr_legacy",
     "convert_torchvision_resnet",
 ]
 
@@ -55,6 +57,7 @@ CONVERTERS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "mmdet_adamixer": convert_mmdet_adamixer,
     "mmdet_deformable_detr": convert_mmdet_deformable_detr,
     "mmdet_deformable_detr_refine": convert_mmdet_deformable_detr_refine,
+    "sqr_legacy": convert_sqr_legacy,
     "torchvision_resnet": convert_torchvision_resnet,
 }
 
@@ -65,10 +68,10 @@ NATIVE_MODULES = native_modules()
 
 
 def is_native(state: Mapping[str, Any]) -> bool:
-    """Whether ``state`` already uses sqr's names: a backbone and a decoder, and no top-level
-    module that sqr's detectors lack."""
+    """Whether ``state`` already uses sqr's names: a backbone and a decoder, no top-level
+    module that sqr's detectors lack, and no name sqr has since renamed."""
     top = {key.removeprefix("module.").split(".")[0] for key in state}
-    return {"backbone", "decoder"} <= top <= NATIVE_MODULES
+    return {"backbone", "decoder"} <= top <= NATIVE_MODULES and not is_sqr_legacy(state)
 
 
 def convert(state: Mapping[str, Any], fmt: str) -> dict[str, Any]:
@@ -110,7 +113,8 @@ def detect_format(state: Mapping[str, Any]) -> str | None:
         ``bbox_head.transformer.`` (see :func:`mmdet_deformable_format`); ``"mmdet_adamixer"``
         for keys under ``roi_head.`` or ``rpn_head.`` (mmdet's AdaMixer);
         ``"torchvision_resnet"`` for a bare torchvision classifier (``conv1.weight`` and
-        ``fc.weight``; sqr's ResNet has no ``fc``); None otherwise (sqr's own names).
+        ``fc.weight``; sqr's ResNet has no ``fc``); ``"sqr_legacy"`` for sqr's own names from
+        before a rename (:mod:`.sqr_legacy`); None otherwise (sqr's own names).
 
     Raises:
         ValueError: the keys match several formats.
@@ -133,6 +137,8 @@ def detect_format(state: Mapping[str, Any]) -> str | None:
         found.append("mmdet_adamixer")
     if "conv1.weight" in state and "fc.weight" in state:
         found.append("torchvision_resnet")
+    if is_sqr_legacy(state):
+        found.append("sqr_legacy")
     if len(found) > 1:
         raise ValueError(f"checkpoint keys match several formats: {', '.join(found)}")
     return found[0] if found else None

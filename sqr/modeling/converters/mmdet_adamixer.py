@@ -5,7 +5,7 @@ AdaMixer as a two-stage detector: the query generator is ``rpn_head``, the decod
 ``roi_head.bbox_head.{s}``. Plain, SQR and SQR "optimize" checkpoints share these keys. The
 table below, applied in order by :func:`~sqr.modeling.converters.detectron2.apply_rules`, is the
 complete map (``{s}`` a stage index, ``X`` the rest of the key, ``S`` =
-``roi_head.bbox_head.{s}.``, ``D`` = ``decoder.stages.{s}.``)::
+``roi_head.bbox_head.{s}.``, ``D`` = ``decoder.layers.{s}.``)::
 
     backbone.<torchvision ResNet name>             -> unchanged
     backbone.*.num_batches_tracked                 -> dropped (FrozenBatchNorm2d)
@@ -47,7 +47,7 @@ __all__ = ["MMDET_ADAMIXER_RULES", "convert_mmdet_adamixer"]
 
 _WB = r"(weight|bias)"
 _S = r"roi_head\.bbox_head\.(\d+)\."
-_DST = r"decoder.stages.\1."
+_DST = r"decoder.layers.\1."
 _PROPOSALS = "rpn_head.init_proposal_bboxes.weight"
 
 

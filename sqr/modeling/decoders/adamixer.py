@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,15 +25,11 @@ from sqr.layers.adamixer_ops import (
     xyzr_position_embedding,
     xyzr_to_xyxy,
 )
+from sqr.layers.init import init_class_prior
 from sqr.layers.mlp import FFN
-from sqr.modeling.sqr import (
-    DecodedStage,
-    RecollectingDecoder,
-    RecollectionRunner,
-    RecollectionSchedule,
-    stack_groups,
-)
-from sqr.modeling.sqr.runner import LayerCall
+from sqr.modeling.sqr import DecodedStage, LayerCall, RecollectionSchedule, stack_groups
+
+from .base import RecollectingDecoder
 
 
 def _branch(embed_dim: int, out_dim: int) -> nn.Sequential:
@@ -155,7 +150,7 @@ class AdaMixerStage(nn.Module):
             if isinstance(module, nn.Linear):
                 module.reset_parameters()
                 nn.init.xavier_uniform_(module.weight)
-        nn.init.constant_(self.cls_branch[-1].bias, -math.log((1 - 0.01) / 0.01))
+        init_class_prior(self.cls_branch[-1])
         nn.init.zeros_(self.reg_branch[-1].weight)
         nn.init.zeros_(self.reg_branch[-1].bias)
         nn.init.uniform_(self.self_attn.iof_tau, 0.0, 4.0)
@@ -197,8 +192,9 @@ class AdaMixerStage(nn.Module):
         return content, logits, refine_xyzr(xyzr, self.reg_branch(content))
 
 
-class AdaMixerDecoder(nn.Module):
-    """A cascade of :class:`AdaMixerStage` with unshared parameters.
+class AdaMixerDecoder(RecollectingDecoder):
+    """A cascade of :class:`AdaMixerStage` with unshared parameters. Each stage refines its
+    boxes itself; the refined boxes enter the reserve detached.
 
     Args:
         num_stages: decoder stages.
@@ -224,28 +220,25 @@ class AdaMixerDecoder(nn.Module):
         dropout: float = 0.0,
         checkpoint_recollected: bool = False,
     ) -> None:
-        super().__init__()
-        self.stages = nn.ModuleList(
-            AdaMixerStage(
-                embed_dim=embed_dim,
-                num_heads=num_heads,
-                feedforward_dim=feedforward_dim,
-                num_classes=num_classes,
-                feat_channels=feat_channels,
-                num_sampling_groups=num_sampling_groups,
-                in_points=in_points,
-                out_points=out_points,
-                featmap_strides=featmap_strides,
-                dropout=dropout,
-            )
-            for _ in range(num_stages)
+        super().__init__(
+            (
+                AdaMixerStage(
+                    embed_dim=embed_dim,
+                    num_heads=num_heads,
+                    feedforward_dim=feedforward_dim,
+                    num_classes=num_classes,
+                    feat_channels=feat_channels,
+                    num_sampling_groups=num_sampling_groups,
+                    in_points=in_points,
+                    out_points=out_points,
+                    featmap_strides=featmap_strides,
+                    dropout=dropout,
+                )
+                for _ in range(num_stages)
+            ),
+            checkpoint_recollected,
         )
         self.num_levels = len(featmap_strides)
-        self.checkpoint_recollected = checkpoint_recollected
-
-    @property
-    def num_stages(self) -> int:
-        return len(self.stages)
 
     def forward(
         self,
@@ -269,33 +262,22 @@ class AdaMixerDecoder(nn.Module):
             logits Tensor[G_total, B, Q, K] and boxes Tensor[G_total, B, Q, 4] (xyxy in pixels)
             of every output group, stage-major.
         """
-        if schedule.num_stages != self.num_stages:
-            raise ValueError(
-                f"schedule has {schedule.num_stages} stages, decoder has {self.num_stages}"
-            )
         if len(features) != self.num_levels:
             raise ValueError(f"got {len(features)} feature maps, expected {self.num_levels}")
         num_queries = content.shape[1]
         # The initial boxes never carry a gradient; later ones are detached between stages, as
         # in the baseline.
-        runner = RecollectionRunner(schedule, self.checkpoint_recollected and self.training)
-        stages = runner.run(_AdaMixerStages(self, features), content, xyzr.detach())
+        stages = self.run_schedule(schedule, content, xyzr.detach(), features)
         logits = [stage.output[1] for stage in stages]
         boxes = [xyzr_to_xyxy(stage.output[2]) for stage in stages]
         return stack_groups(logits, num_queries), stack_groups(boxes, num_queries)
 
+    def stage_call(self, stage: int, inputs: Sequence[torch.Tensor]) -> LayerCall:
+        """``inputs`` are the feature maps."""
+        layer = self.layers[stage]
+        return lambda content, xyzr, num_groups: layer(content, xyzr, inputs, num_groups)
 
-@dataclass
-class _AdaMixerStages(RecollectingDecoder):
-    """The AdaMixer decoder's side of the recollection runner, for one forward pass: each stage
-    refines its boxes itself, and the refined boxes enter the reserve detached."""
-
-    decoder: AdaMixerDecoder
-    features: Sequence[torch.Tensor]
-
-    def stage_call(self, stage: int) -> LayerCall:
-        layer = self.decoder.stages[stage]
-        return lambda content, xyzr, num_groups: layer(content, xyzr, self.features, num_groups)
-
-    def refine_references(self, stage: int, decoded: DecodedStage) -> list[torch.Tensor]:
+    def refine_references(
+        self, stage: int, decoded: DecodedStage, inputs: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
         return list(decoded.output[2].detach().split(decoded.group_sizes, dim=1))

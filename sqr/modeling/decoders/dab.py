@@ -8,7 +8,7 @@ side on the query axis against the unrepeated encoder memory; only self-attentio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -17,14 +17,9 @@ from sqr.layers.attention import ConditionalCrossAttention, ConditionalSelfAtten
 from sqr.layers.box_ops import refine_boxes
 from sqr.layers.mlp import FFN, MLP
 from sqr.layers.position_encoding import sine_box_embedding
-from sqr.modeling.sqr import (
-    DecodedStage,
-    RecollectingDecoder,
-    RecollectionRunner,
-    RecollectionSchedule,
-    stack_groups,
-)
-from sqr.modeling.sqr.runner import LayerCall
+from sqr.modeling.sqr import DecodedStage, LayerCall, RecollectionSchedule, stack_groups
+
+from .base import RecollectingDecoder
 
 
 class DabDecoderLayer(nn.Module):
@@ -60,25 +55,38 @@ class DabDecoderLayer(nn.Module):
         return self.norm3(x + self.ffn(x))
 
 
-class DabDetrDecoder(nn.Module):
-    """DAB-DETR decoder: anchor boxes refined layer by layer, queried by their sine embedding.
+class DabInputs(NamedTuple):
+    """What the stages of one forward pass read besides the queries.
+
+    Attributes:
+        memory: Tensor[B, HW, C] encoder output.
+        memory_pos: Tensor[B, HW, C] its position embedding.
+        bbox_embed: the detector's box head, shared by the stages.
+    """
+
+    memory: torch.Tensor
+    memory_pos: torch.Tensor
+    bbox_embed: nn.Module
+
+
+class DabDetrDecoder(RecollectingDecoder):
+    """DAB-DETR decoder: anchor boxes refined layer by layer (detached between layers, each
+    stage's output refining them with the shared box head), queried by their sine embedding.
 
     Args:
-        num_layers: decoder layers (stages).
+        num_stages: decoder layers (stages).
         embed_dim: channels.
         num_heads: attention heads.
         feedforward_dim: FFN hidden channels.
         dropout: dropout in attention and FFN (0 in the reference recipe).
         activation: FFN activation ("prelu" in DAB-DETR).
         inverse_sigmoid_eps: clamp of the logit used to refine boxes (detrex: 1e-3).
-        checkpoint_recollected: in training, run the recollected groups of each stage under
-            activation checkpointing (the plain chain group runs normally): same results, much
-            less memory, some extra time. Off by default.
+        checkpoint_recollected: see :class:`~sqr.modeling.decoders.base.RecollectingDecoder`.
     """
 
     def __init__(
         self,
-        num_layers: int = 6,
+        num_stages: int = 6,
         embed_dim: int = 256,
         num_heads: int = 8,
         feedforward_dim: int = 2048,
@@ -87,10 +95,12 @@ class DabDetrDecoder(nn.Module):
         inverse_sigmoid_eps: float = 1e-3,
         checkpoint_recollected: bool = False,
     ) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            DabDecoderLayer(embed_dim, num_heads, feedforward_dim, dropout, activation, i == 0)
-            for i in range(num_layers)
+        super().__init__(
+            (
+                DabDecoderLayer(embed_dim, num_heads, feedforward_dim, dropout, activation, i == 0)
+                for i in range(num_stages)
+            ),
+            checkpoint_recollected,
         )
         self.query_scale = MLP(embed_dim, embed_dim, embed_dim, 2)
         self.ref_point_head = MLP(2 * embed_dim, embed_dim, embed_dim, 2)
@@ -98,11 +108,6 @@ class DabDetrDecoder(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
         self.embed_dim = embed_dim
         self.eps = inverse_sigmoid_eps
-        self.checkpoint_recollected = checkpoint_recollected
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
 
     def decode_stage(
         self,
@@ -163,40 +168,25 @@ class DabDetrDecoder(nn.Module):
             references Tensor[G_total, B, Q, 4]: each group's input reference boxes (sigmoid
             space), attached to the graph where the baseline keeps them attached.
         """
-        if schedule.num_stages != self.num_layers:
-            raise ValueError(
-                f"schedule has {schedule.num_stages} stages, decoder has {self.num_layers} layers"
-            )
         batch, num_queries = memory.shape[0], anchors.shape[0]
         # The initial group: zero content, the anchors as boxes (attached, so that they learn).
         content = memory.new_zeros(batch, num_queries, self.embed_dim)
         reference = anchors.sigmoid().unsqueeze(0).expand(batch, -1, -1)
-        runner = RecollectionRunner(schedule, self.checkpoint_recollected and self.training)
-        stages = runner.run(_DabStages(self, memory, memory_pos, bbox_embed), content, reference)
+        inputs = DabInputs(memory, memory_pos, bbox_embed)
+        stages = self.run_schedule(schedule, content, reference, inputs)
         hidden = [self.norm(stage.output) for stage in stages]
         used_references = [r for stage in stages for r in stage.references]
         return stack_groups(hidden, num_queries), stack_groups(used_references, num_queries)
 
-
-@dataclass
-class _DabStages(RecollectingDecoder):
-    """The DAB-DETR decoder's side of the recollection runner, for one forward pass: boxes are
-    detached between layers, and a stage's output refines them with the shared box head."""
-
-    decoder: DabDetrDecoder
-    memory: torch.Tensor
-    memory_pos: torch.Tensor
-    bbox_embed: nn.Module
-
-    def stage_call(self, stage: int) -> LayerCall:
-        memory_kv = self.decoder.layers[stage].cross_attn.project_memory(
-            self.memory, self.memory_pos
-        )
-        return lambda content, reference, num_groups: self.decoder.decode_stage(
+    def stage_call(self, stage: int, inputs: DabInputs) -> LayerCall:
+        memory_kv = self.layers[stage].cross_attn.project_memory(inputs.memory, inputs.memory_pos)
+        return lambda content, reference, num_groups: self.decode_stage(
             stage, content, reference, memory_kv, num_groups
         )
 
-    def refine_references(self, stage: int, decoded: DecodedStage) -> list[torch.Tensor]:
+    def refine_references(
+        self, stage: int, decoded: DecodedStage, inputs: DabInputs
+    ) -> list[torch.Tensor]:
         (reference,) = decoded.inputs  # the groups of a stage are all of one kind
-        boxes = refine_boxes(self.bbox_embed(decoded.output), reference, self.decoder.eps)
+        boxes = refine_boxes(inputs.bbox_embed(decoded.output), reference, self.eps)
         return list(boxes.split(decoded.group_sizes, dim=1))

@@ -26,14 +26,9 @@ from torch import nn
 from sqr.layers.box_ops import refine_boxes
 from sqr.layers.mlp import FFN
 from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention, add_to_groups
-from sqr.modeling.sqr import (
-    DecodedStage,
-    RecollectingDecoder,
-    RecollectionRunner,
-    RecollectionSchedule,
-    stack_groups,
-)
-from sqr.modeling.sqr.runner import LayerCall
+from sqr.modeling.sqr import DecodedStage, LayerCall, RecollectionSchedule, stack_groups
+
+from .base import RecollectingDecoder
 
 
 class DeformableDecoderLayer(nn.Module):
@@ -101,11 +96,38 @@ class DeformableDecoderLayer(nn.Module):
         return self.norm3(x + self.ffn(x))
 
 
-class DeformableDetrDecoder(nn.Module):
-    """Deformable-DETR decoder; with ``bbox_embed`` given, references are refined per layer.
+@dataclass(frozen=True)
+class DeformableInputs:
+    """What the stages of one forward pass read besides the queries.
+
+    Attributes:
+        memory: Tensor[B, S, C] encoder output.
+        padding_mask: Bool[B, S], True on padding.
+        spatial_shapes: (H_l, W_l) per level.
+        ratios: Tensor[B, L, 2] valid ratios (w, h).
+        bbox_embed: the detector's per-stage box heads when references are refined stage by
+            stage, else None (every stage then samples around the initial references).
+        query_pos: Tensor[B, Q, C], the query position embedding of every stage, or None where
+            the decoder derives it from the references (DINO).
+        reference: Tensor[B, Q, D], the initial references.
+    """
+
+    memory: torch.Tensor
+    padding_mask: torch.Tensor
+    spatial_shapes: Sequence[tuple[int, int]]
+    ratios: torch.Tensor
+    bbox_embed: nn.ModuleList | None
+    query_pos: torch.Tensor | None
+    reference: torch.Tensor
+
+
+class DeformableDetrDecoder(RecollectingDecoder):
+    """Deformable-DETR decoder; with box heads given, references are refined stage by stage
+    (without a graph: the next stage detaches them anyway) and detached between stages; without,
+    every group samples around the static initial references, broadcast over the groups.
 
     Args:
-        num_layers: decoder layers (stages).
+        num_stages: decoder layers (stages).
         embed_dim: channels.
         num_heads: attention heads.
         num_levels: feature levels.
@@ -113,14 +135,12 @@ class DeformableDetrDecoder(nn.Module):
         feedforward_dim: FFN hidden channels.
         dropout: dropout in self-attention, cross-attention output and FFN.
         inverse_sigmoid_eps: clamp of the logit used to refine references (mmdet: 1e-5).
-        checkpoint_recollected: in training, run the recollected groups of each stage under
-            activation checkpointing (the plain chain group runs normally): same results, less
-            memory, some extra time. Off by default.
+        checkpoint_recollected: see :class:`~sqr.modeling.decoders.base.RecollectingDecoder`.
     """
 
     def __init__(
         self,
-        num_layers: int = 6,
+        num_stages: int = 6,
         embed_dim: int = 256,
         num_heads: int = 8,
         num_levels: int = 4,
@@ -130,49 +150,17 @@ class DeformableDetrDecoder(nn.Module):
         inverse_sigmoid_eps: float = 1e-5,
         checkpoint_recollected: bool = False,
     ) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            DeformableDecoderLayer(
-                embed_dim, num_heads, num_levels, num_points, feedforward_dim, dropout
-            )
-            for _ in range(num_layers)
+        super().__init__(
+            (
+                DeformableDecoderLayer(
+                    embed_dim, num_heads, num_levels, num_points, feedforward_dim, dropout
+                )
+                for _ in range(num_stages)
+            ),
+            checkpoint_recollected,
         )
         self.num_levels = num_levels
         self.eps = inverse_sigmoid_eps
-        self.checkpoint_recollected = checkpoint_recollected
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
-
-    def decode_stage(
-        self,
-        stage: int,
-        content: torch.Tensor,
-        reference: torch.Tensor,
-        query_pos: torch.Tensor,
-        value_maps: Sequence[torch.Tensor],
-        ratios: torch.Tensor,
-        num_groups: int,
-    ) -> torch.Tensor:
-        """Run layer ``stage`` on ``num_groups`` groups side by side.
-
-        Args:
-            stage: layer index.
-            content: Tensor[B, G*Q, C].
-            reference: Tensor[B, Q, D] shared by the groups, or Tensor[B, G*Q, D]; D = 2 (points)
-                or 4 (boxes), sigmoid space, all groups of one kind.
-            query_pos: Tensor[B, Q, C].
-            value_maps: the layer's projected memory (``cross_attn.project_value``).
-            ratios: Tensor[B, L, 2] valid ratios (w, h).
-            num_groups: G.
-
-        Returns:
-            Tensor[B, G*Q, C] layer output.
-        """
-        scale = ratios if reference.shape[-1] == 2 else torch.cat([ratios, ratios], -1)
-        reference_points = reference[:, :, None] * scale[:, None]
-        return self.layers[stage](content, query_pos, reference_points, value_maps, num_groups)
 
     def forward(
         self,
@@ -192,12 +180,8 @@ class DeformableDetrDecoder(nn.Module):
             content: Tensor[B, Q, C] initial query content.
             query_pos: Tensor[B, Q, C] query position embedding (the same in every layer).
             reference: Tensor[B, Q, 2] initial points or Tensor[B, Q, 4] boxes (sigmoid space).
-            memory: Tensor[B, S, C] encoder output.
-            padding_mask: Bool[B, S], True on padding.
-            spatial_shapes: (H_l, W_l) per level.
-            ratios: Tensor[B, L, 2] valid ratios (w, h).
-            bbox_embed: the per-layer box heads for iterative refinement, or None: every layer
-                then uses the initial references.
+            memory, padding_mask, spatial_shapes, ratios, bbox_embed: see
+                :class:`DeformableInputs`.
             schedule: which groups each stage decodes.
 
         Returns:
@@ -208,72 +192,88 @@ class DeformableDetrDecoder(nn.Module):
             padded with w = h = 0.5, whose logit is exactly 0 (so :func:`refine_boxes` gives the
             point rule).
         """
-        if schedule.num_stages != self.num_layers:
-            raise ValueError(
-                f"schedule has {schedule.num_stages} stages, decoder has {self.num_layers} layers"
-            )
-        if bbox_embed is not None and len(bbox_embed) < self.num_layers:
-            raise ValueError(f"{len(bbox_embed)} box heads for {self.num_layers} decoder layers")
-        num_queries = content.shape[1]
-        refine = bbox_embed is not None
-        stage_layers = _DeformableStages(
-            self, query_pos, reference, memory, padding_mask, spatial_shapes, ratios, bbox_embed
+        self._check_box_heads(bbox_embed)
+        inputs = DeformableInputs(
+            memory, padding_mask, spatial_shapes, ratios, bbox_embed, query_pos, reference
         )
-        runner = RecollectionRunner(schedule, self.checkpoint_recollected and self.training)
-        stages = runner.run(stage_layers, content, reference)
-        hidden = stack_groups([stage.output for stage in stages], num_queries)
-        if not refine:
+        stages = self.run_schedule(schedule, content, reference, inputs)
+        hidden = stack_groups([stage.output for stage in stages], content.shape[1])
+        if bbox_embed is None:
             return hidden, reference.expand(hidden.shape[0], *reference.shape)
         # mmdet predicts from the references as the layers got them: detached after the first.
         used = [r for stage in stages for r in stage.group_references(inputs=True)]
         padded = [F.pad(r, (0, 2), value=0.5) if r.shape[-1] == 2 else r for r in used]
         return hidden, torch.stack(padded)
 
+    def decode_stage(
+        self,
+        stage: int,
+        content: torch.Tensor,
+        reference: torch.Tensor,
+        value_maps: Sequence[torch.Tensor],
+        inputs: DeformableInputs,
+        num_groups: int,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run layer ``stage`` on ``num_groups`` groups side by side.
 
-@dataclass
-class _DeformableStages(RecollectingDecoder):
-    """The Deformable-DETR decoder's side of the recollection runner, for one forward pass.
+        Args:
+            stage: layer index.
+            content: Tensor[B, G*Q, C].
+            reference: Tensor[B, Q, D] shared by the groups, or Tensor[B, G*Q, D]; D = 2 (points)
+                or 4 (boxes), sigmoid space, all groups of one kind.
+            value_maps: the layer's projected memory (``cross_attn.project_value``).
+            inputs: the forward pass's record.
+            num_groups: G.
+            attn_mask: Bool[Q, Q] self-attention mask of each group, or None.
 
-    With refinement, each stage's box head refines its groups' references (without a graph:
-    the next stage detaches them anyway) and references are detached between stages; without,
-    every group samples around the static initial references, broadcast over the groups.
-    """
+        Returns:
+            Tensor[B, G*Q, C] layer output.
+        """
+        ratios = inputs.ratios
+        scale = ratios if reference.shape[-1] == 2 else torch.cat([ratios, ratios], -1)
+        reference_points = reference[:, :, None] * scale[:, None]
+        query_pos = self.query_position(reference_points, inputs)
+        return self.layers[stage](
+            content, query_pos, reference_points, value_maps, num_groups, attn_mask
+        )
 
-    decoder: DeformableDetrDecoder
-    query_pos: torch.Tensor
-    reference: torch.Tensor
-    memory: torch.Tensor
-    padding_mask: torch.Tensor
-    spatial_shapes: Sequence[tuple[int, int]]
-    ratios: torch.Tensor
-    bbox_embed: nn.ModuleList | None
+    def query_position(
+        self, reference_points: torch.Tensor, inputs: DeformableInputs
+    ) -> torch.Tensor:
+        """The position embedding a stage adds to its queries: Deformable-DETR's is learnt and
+        the same in every stage."""
+        return inputs.query_pos
 
-    @property
-    def detach_references(self) -> bool:
-        return self.bbox_embed is not None
-
-    def stage_call(self, stage: int) -> LayerCall:
-        value_maps = self.decoder.layers[stage].cross_attn.project_value(
-            self.memory, self.spatial_shapes, self.padding_mask
+    def stage_call(self, stage: int, inputs: DeformableInputs) -> LayerCall:
+        value_maps = self.layers[stage].cross_attn.project_value(
+            inputs.memory, inputs.spatial_shapes, inputs.padding_mask
         )
 
         def call(content: torch.Tensor, reference: torch.Tensor, num_groups: int):
-            if self.bbox_embed is None:
-                reference = self.reference
-            return self.decoder.decode_stage(
-                stage, content, reference, self.query_pos, value_maps, self.ratios, num_groups
-            )
+            if inputs.bbox_embed is None:
+                reference = inputs.reference
+            return self.decode_stage(stage, content, reference, value_maps, inputs, num_groups)
 
         return call
 
-    def refine_references(self, stage: int, decoded: DecodedStage) -> list[torch.Tensor]:
+    def refine_references(
+        self, stage: int, decoded: DecodedStage, inputs: DeformableInputs
+    ) -> list[torch.Tensor]:
         sizes = decoded.group_sizes
-        if self.bbox_embed is None:
-            return [self.reference] * len(sizes)
+        if inputs.bbox_embed is None:
+            return [inputs.reference] * len(sizes)
         outputs = decoded.output.split(sizes, dim=1)
         references = decoded.group_references(inputs=True)
         with torch.no_grad():
             return [
-                refine_boxes(self.bbox_embed[stage](o), r, self.decoder.eps)
+                refine_boxes(inputs.bbox_embed[stage](o), r, self.eps)
                 for o, r in zip(outputs, references, strict=True)
             ]
+
+    def detaches_references(self, inputs: DeformableInputs) -> bool:
+        return inputs.bbox_embed is not None
+
+    def _check_box_heads(self, bbox_embed: nn.ModuleList | None) -> None:
+        if bbox_embed is not None and len(bbox_embed) < self.num_stages:
+            raise ValueError(f"{len(bbox_embed)} box heads for {self.num_stages} decoder stages")

@@ -1,11 +1,9 @@
-"""DINO's mixed query selection and decoder, with group-batched query recollection.
+"""DINO's decoder: Deformable-DETR's, with look-forward-twice refinement and denoising queries.
 
 Numerics follow detrex's DINO (``projects/dino/modeling/dino_transformer.py`` at e244e6c),
 rewritten batch-first from the typed layers of Deformable-DETR:
 
-* Mixed query selection: every encoder token proposes a box (the two-stage proposals); the
-  ``num_queries`` tokens whose best class scores highest give the decoder its reference boxes
-  (detached), while the query content is a learnt embedding, the same for every image.
+* The queries come from mixed query selection (:mod:`sqr.modeling.query_selection`).
 * Decoder layers are Deformable-DETR's (post-norm self-attention, deformable cross-attention
   on boxes, FFN); each layer's query position is ``ref_point_head`` of the sine embedding of
   its reference boxes (scaled by the first level's valid ratios), as in DAB-DETR.
@@ -34,15 +32,9 @@ from torch import nn
 from sqr.layers.box_ops import refine_boxes
 from sqr.layers.mlp import MLP
 from sqr.layers.position_encoding import sine_box_embedding
-from sqr.modeling.sqr import (
-    DecodedStage,
-    RecollectingDecoder,
-    RecollectionRunner,
-    RecollectionSchedule,
-)
-from sqr.modeling.sqr.runner import LayerCall
+from sqr.modeling.sqr import DecodedStage, LayerCall, RecollectionSchedule
 
-from .deformable import DeformableDecoderLayer
+from .deformable import DeformableDetrDecoder, DeformableInputs
 
 
 class DinoDecoderOutput(NamedTuple):
@@ -66,11 +58,27 @@ class DinoDecoderOutput(NamedTuple):
     denoising_group_stage: tuple[int, ...]
 
 
-class DinoDecoder(nn.Module):
-    """DINO decoder: deformable layers on reference boxes, refined layer by layer.
+@dataclass(frozen=True)
+class DinoInputs(DeformableInputs):
+    """:class:`DeformableInputs` plus what the denoising queries need.
+
+    Attributes:
+        num_queries: Q, the matching queries; a longer group carries denoising queries first.
+        attn_mask: Bool[P + Q, P + Q], the self-attention mask of a group carrying denoising
+            queries, or None without them.
+    """
+
+    num_queries: int
+    attn_mask: torch.Tensor | None
+
+
+class DinoDecoder(DeformableDetrDecoder):
+    """DINO decoder: deformable layers on reference boxes, refined stage by stage with the
+    detector's box heads, keeping the graph (look forward twice); a group longer than
+    ``num_queries`` carries denoising queries and is decoded under their attention mask.
 
     Args:
-        num_layers: decoder layers (stages).
+        num_stages: decoder layers (stages).
         embed_dim: channels.
         num_heads: attention heads.
         num_levels: feature levels.
@@ -81,14 +89,12 @@ class DinoDecoder(nn.Module):
         recollect_denoising: keep the denoising queries in every recollected group (each
             group then carries them, under the same mask, and gets its own denoising loss);
             by default they are decoded in the plain chain only.
-        checkpoint_recollected: in training, run the recollected groups of each stage under
-            activation checkpointing (the plain chain group runs normally): same results, less
-            memory, some extra time. Off by default.
+        checkpoint_recollected: see :class:`~sqr.modeling.decoders.base.RecollectingDecoder`.
     """
 
     def __init__(
         self,
-        num_layers: int = 6,
+        num_stages: int = 6,
         embed_dim: int = 256,
         num_heads: int = 8,
         num_levels: int = 4,
@@ -99,54 +105,21 @@ class DinoDecoder(nn.Module):
         recollect_denoising: bool = False,
         checkpoint_recollected: bool = False,
     ) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            DeformableDecoderLayer(
-                embed_dim, num_heads, num_levels, num_points, feedforward_dim, dropout
-            )
-            for _ in range(num_layers)
+        super().__init__(
+            num_stages,
+            embed_dim,
+            num_heads,
+            num_levels,
+            num_points,
+            feedforward_dim,
+            dropout,
+            inverse_sigmoid_eps,
+            checkpoint_recollected,
         )
         self.ref_point_head = MLP(2 * embed_dim, embed_dim, embed_dim, 2)
         self.norm = nn.LayerNorm(embed_dim)
         self.embed_dim = embed_dim
-        self.num_levels = num_levels
-        self.eps = inverse_sigmoid_eps
         self.recollect_denoising = recollect_denoising
-        self.checkpoint_recollected = checkpoint_recollected
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
-
-    def decode_stage(
-        self,
-        stage: int,
-        content: torch.Tensor,
-        reference: torch.Tensor,
-        value_maps: Sequence[torch.Tensor],
-        ratios: torch.Tensor,
-        num_groups: int,
-        attn_mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Run layer ``stage`` on ``num_groups`` groups side by side.
-
-        Args:
-            stage: layer index.
-            content: Tensor[B, G*Q, C].
-            reference: Tensor[B, G*Q, 4] reference boxes, normalised cxcywh.
-            value_maps: the layer's projected memory (``cross_attn.project_value``).
-            ratios: Tensor[B, L, 2] valid ratios (w, h).
-            num_groups: G.
-            attn_mask: Bool[Q, Q] self-attention mask of each group, or None.
-
-        Returns:
-            Tensor[B, G*Q, C] layer output (before the final norm).
-        """
-        reference_points = reference[:, :, None] * torch.cat([ratios, ratios], -1)[:, None]
-        sine = sine_box_embedding(reference_points[:, :, 0], num_feats=self.embed_dim // 2)
-        query_pos = self.ref_point_head(sine)
-        layer = self.layers[stage]
-        return layer(content, query_pos, reference_points, value_maps, num_groups, attn_mask)
 
     def forward(
         self,
@@ -167,11 +140,8 @@ class DinoDecoder(nn.Module):
         Args:
             content: Tensor[B, Q, C] initial query content.
             reference: Tensor[B, Q, 4] initial reference boxes (normalised cxcywh, detached).
-            memory: Tensor[B, S, C] encoder output.
-            padding_mask: Bool[B, S], True on padding.
-            spatial_shapes: (H_l, W_l) per level.
-            ratios: Tensor[B, L, 2] valid ratios (w, h).
-            bbox_embed: the per-layer box heads (at least one per layer).
+            memory, padding_mask, spatial_shapes, ratios: see :class:`DeformableInputs`.
+            bbox_embed: the per-stage box heads (at least one per stage).
             schedule: which groups each stage decodes.
             denoising_content: Tensor[B, P, C], the denoising queries
                 (:class:`~sqr.modeling.denoising.DenoisingQueries`) decoded before the matching
@@ -183,12 +153,9 @@ class DinoDecoder(nn.Module):
             :class:`DinoDecoderOutput`: every group's matching queries and the references their
             boxes are predicted from, and the same for the groups carrying denoising queries.
         """
-        if schedule.num_stages != self.num_layers:
-            raise ValueError(
-                f"schedule has {schedule.num_stages} stages, decoder has {self.num_layers} layers"
-            )
-        if len(bbox_embed) < self.num_layers:
-            raise ValueError(f"{len(bbox_embed)} box heads for {self.num_layers} decoder layers")
+        if bbox_embed is None:
+            raise ValueError("the DINO decoder refines its references: give the box heads")
+        self._check_box_heads(bbox_embed)
         num_queries = content.shape[1]
         given = [x is not None for x in (denoising_content, denoising_boxes, denoising_mask)]
         if any(given) and not all(given):
@@ -196,19 +163,19 @@ class DinoDecoder(nn.Module):
         if denoising_content is not None:
             content = torch.cat([denoising_content, content], 1)
             reference = torch.cat([denoising_boxes, reference], 1)
-        stage_layers = _DinoStages(
-            self,
+        inputs = DinoInputs(
             memory,
             padding_mask,
             spatial_shapes,
             ratios,
             bbox_embed,
+            None,
+            reference,
             num_queries,
             denoising_mask,
         )
-        runner = RecollectionRunner(schedule, self.checkpoint_recollected and self.training)
         hidden, references, dn_hidden, dn_references, dn_stage = [], [], [], [], []
-        for stage, decoded in enumerate(runner.run(stage_layers, content, reference)):
+        for stage, decoded in enumerate(self.run_schedule(schedule, content, reference, inputs)):
             # The norm is per query: once on the stage's output, then split into groups.
             outputs = self.norm(decoded.output).split(decoded.group_sizes, dim=1)
             for output, ref in zip(outputs, decoded.group_references(), strict=True):
@@ -227,55 +194,38 @@ class DinoDecoder(nn.Module):
             tuple(dn_stage),
         )
 
+    def query_position(self, reference_points: torch.Tensor, inputs: DinoInputs) -> torch.Tensor:
+        """``ref_point_head`` of the sine embedding of the scaled reference boxes."""
+        sine = sine_box_embedding(reference_points[:, :, 0], num_feats=self.embed_dim // 2)
+        return self.ref_point_head(sine)
 
-@dataclass
-class _DinoStages(RecollectingDecoder):
-    """The DINO decoder's side of the recollection runner, for one forward pass.
-
-    References are detached between stages; a stage refines its groups' references (as the
-    layer got them) with its box head, keeping the graph: the next stage predicts its boxes
-    from them (look forward twice). A group longer than ``num_queries`` carries denoising
-    queries and is decoded under ``attn_mask``.
-    """
-
-    decoder: DinoDecoder
-    memory: torch.Tensor
-    padding_mask: torch.Tensor
-    spatial_shapes: Sequence[tuple[int, int]]
-    ratios: torch.Tensor
-    bbox_embed: nn.ModuleList
-    num_queries: int
-    attn_mask: torch.Tensor | None
-
-    def stage_call(self, stage: int) -> LayerCall:
-        value_maps = self.decoder.layers[stage].cross_attn.project_value(
-            self.memory, self.spatial_shapes, self.padding_mask
+    def stage_call(self, stage: int, inputs: DinoInputs) -> LayerCall:
+        value_maps = self.layers[stage].cross_attn.project_value(
+            inputs.memory, inputs.spatial_shapes, inputs.padding_mask
         )
 
         def call(content: torch.Tensor, reference: torch.Tensor, num_groups: int):
-            denoised = content.shape[1] // num_groups != self.num_queries
-            return self.decoder.decode_stage(
-                stage,
-                content,
-                reference,
-                value_maps,
-                self.ratios,
-                num_groups,
-                self.attn_mask if denoised else None,
+            denoised = content.shape[1] // num_groups != inputs.num_queries
+            mask = inputs.attn_mask if denoised else None
+            return self.decode_stage(
+                stage, content, reference, value_maps, inputs, num_groups, mask
             )
 
         return call
 
-    def refine_references(self, stage: int, decoded: DecodedStage) -> list[torch.Tensor]:
-        inputs = decoded.inputs[0] if len(decoded.inputs) == 1 else torch.cat(decoded.inputs, 1)
-        delta = self.bbox_embed[stage](decoded.output)
-        boxes = refine_boxes(delta, inputs, self.decoder.eps)
+    def refine_references(
+        self, stage: int, decoded: DecodedStage, inputs: DinoInputs
+    ) -> list[torch.Tensor]:
+        # With the graph: the next stage predicts its boxes from them (look forward twice).
+        joined = decoded.inputs[0] if len(decoded.inputs) == 1 else torch.cat(decoded.inputs, 1)
+        delta = inputs.bbox_embed[stage](decoded.output)
+        boxes = refine_boxes(delta, joined, self.eps)
         return list(boxes.split(decoded.group_sizes, dim=1))
 
     def recollect_group(
-        self, content: torch.Tensor, reference: torch.Tensor
+        self, content: torch.Tensor, reference: torch.Tensor, inputs: DinoInputs
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # The denoising queries come first; a recollected group leaves them to the chain.
-        if self.decoder.recollect_denoising:
+        if self.recollect_denoising:
             return content, reference
-        return content[:, -self.num_queries :], reference[:, -self.num_queries :]
+        return content[:, -inputs.num_queries :], reference[:, -inputs.num_queries :]

@@ -22,8 +22,7 @@ from sqr.layers.adamixer_ops import xyxy_to_xyzr
 from sqr.layers.box_ops import box_xyxy_to_cxcywh
 from sqr.modeling.criterion import SetCriterion
 from sqr.modeling.decoders.adamixer import AdaMixerDecoder
-from sqr.modeling.sqr import RecollectionSchedule
-from sqr.utils.checks import check_positive
+from sqr.modeling.sqr import Recollection, RecollectionSchedule
 
 from .base import QueryDetector
 
@@ -70,12 +69,11 @@ class AdaMixer(QueryDetector):
         num_queries: queries per image.
         embed_dim: query channels.
         size_divisibility: the padded batch is a multiple of this (mmdet's ``Pad(32)``).
+        clip_boxes: as in mmdet's AdaMixer, eval boxes are neither clipped to the image nor
+            filtered by default.
         recollection, num_classes, pixel_mean, pixel_std, select_box_nums_for_evaluation: see
-            :class:`QueryDetector`.
+            :class:`QueryDetector`. The padding mask is always given: it tells each image's size.
     """
-
-    # As in mmdet's AdaMixer, eval boxes are neither clipped to the image nor filtered.
-    clip_boxes = False
 
     def __init__(
         self,
@@ -84,7 +82,7 @@ class AdaMixer(QueryDetector):
         neck: nn.Module,
         decoder: AdaMixerDecoder,
         criterion: SetCriterion,
-        recollection: RecollectionSchedule,
+        recollection: Recollection,
         num_classes: int = 80,
         num_queries: int = 100,
         embed_dim: int = 256,
@@ -92,27 +90,29 @@ class AdaMixer(QueryDetector):
         pixel_std: Sequence[float] = (58.395, 57.12, 57.375),
         size_divisibility: int = 32,
         select_box_nums_for_evaluation: int = 100,
+        clip_boxes: bool = False,
     ) -> None:
-        check_positive(num_classes=num_classes, num_queries=num_queries)
         super().__init__(
-            num_stages=decoder.num_stages,
+            decoder=decoder,
             criterion=criterion,
             recollection=recollection,
             num_classes=num_classes,
+            num_queries=num_queries,
             pixel_mean=pixel_mean,
             pixel_std=pixel_std,
             select_box_nums_for_evaluation=select_box_nums_for_evaluation,
+            size_divisibility=size_divisibility,
+            clip_boxes=clip_boxes,
         )
         self.backbone = backbone
         self.neck = neck
         self.query_generator = InitialQueryGenerator(num_queries, embed_dim)
         self.decoder = decoder
-        self.size_divisibility = size_divisibility
 
-    def predict_images(
+    def predict_batch(
         self, tensor: torch.Tensor, padding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, RecollectionSchedule]:
-        """See :meth:`QueryDetector.predict_images`; the boxes are cxcywh normalised by each
+        """See :meth:`QueryDetector.predict_batch`; the boxes are cxcywh normalised by each
         image's own size, read from the padding mask."""
         features = self.neck(self.backbone(tensor))
         # Each image fills the top-left corner: its first column and row count its height, width.

@@ -2,8 +2,10 @@
 
 In the spirit of detectron2's ``DenseDetector`` (``modeling/meta_arch/dense_detector.py``): the
 base class owns what the detectors have in common (the train/eval dispatch, image normalisation
-and batching, target normalisation, top-k inference, the recollection schedules) and a subclass
-writes only :meth:`QueryDetector.predict_images`, overriding a hook where its reference differs.
+and batching, the eval padding and box policy, target normalisation, top-k inference, the
+recollection schedules built from the decoder's depth) and a subclass writes only
+:meth:`QueryDetector.predict_batch`, overriding a hook where its reference differs. See
+``docs/ARCHITECTURE.md``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from sqr.data.batching import batch_images
 from sqr.layers.box_ops import box_cxcywh_to_absolute_xyxy, box_xyxy_to_cxcywh
 from sqr.layers.constants import constant_tensor
 from sqr.modeling.criterion import SetCriterion
-from sqr.modeling.sqr import RecollectionSchedule
+from sqr.modeling.decoders.base import RecollectingDecoder
+from sqr.modeling.sqr import Recollection, RecollectionSchedule
+from sqr.utils.checks import check_positive
 
 
 class QueryDetector(nn.Module):
@@ -32,56 +36,68 @@ class QueryDetector(nn.Module):
     * :meth:`predict`: logits ``[G, B, Q, K]`` and boxes ``[G, B, Q, 4]`` (normalised cxcywh) of
       every decoded group, with the schedule that produced them: ``self.recollection`` in
       training, the plain one in evaluation (one group per stage, the last the final output).
-      It is :meth:`preprocess_image` then :meth:`predict_images`, which a subclass writes and
-      which takes tensors only (what :mod:`sqr.export` traces).
+      It is :meth:`preprocess_image` then :meth:`predict_images` (the eval padding policy, then
+      :meth:`predict_batch`, which a subclass writes), on tensors only: what :mod:`sqr.export`
+      traces.
     * :meth:`inference`: one stage's predictions as eval outputs; its batched tensor part is
       :meth:`postprocess`.
-    * ``self.recollection``, the training schedule, and ``self.decoder``, the module benchmarks
-      time, with a ``checkpoint_recollected`` flag. Subclasses register the decoder themselves
-      (its place among their submodules fixes the parameter order).
+    * ``self.recollection``, the training schedule (built from the decoder's depth), and
+      ``self.decoder``, a :class:`~sqr.modeling.decoders.base.RecollectingDecoder` (the module
+      benchmarks time, with its ``checkpoint_recollected`` flag). Subclasses register the
+      decoder themselves (its place among their submodules fixes the parameter order).
 
-    Hooks and class attributes a subclass may override:
-
-    * :meth:`losses`, for loss terms beyond the decoded groups' (two-stage proposals).
-    * ``size_divisibility``: the padded batch is a multiple of it (:meth:`preprocess_image`).
-    * ``clip_boxes`` (clip eval boxes to the image) and ``drop_empty_boxes`` (then drop those
-      clipping emptied, as detectron2's ``detector_postprocess`` does), for :meth:`inference`.
+    A subclass may override :meth:`losses`, for loss terms beyond the decoded groups' (encoder
+    proposals, denoising queries).
 
     Args:
-        num_stages: the decoder's stages; the schedule must have as many.
+        decoder: the decoder; the schedules have its number of stages.
         criterion: the set criterion (matching and losses).
-        recollection: the training schedule; evaluation always runs the plain decoder.
+        recollection: how training recollects; evaluation always runs the plain decoder.
         num_classes: object classes.
+        num_queries: matching queries per image.
         pixel_mean, pixel_std: RGB normalisation (0-255 scale).
         select_box_nums_for_evaluation: detections kept per image (top-k over Q x K scores).
+        size_divisibility: the padded batch is a multiple of it (:meth:`preprocess_image`).
+        mask_padding_in_eval: give the model the padding mask in evaluation too; False gives it
+            an all-zero mask there, as detrex evaluates (training always masks the padding).
+        clip_boxes: clip the eval boxes to the image.
+        drop_empty_boxes: then drop the boxes that clipping emptied, as detectron2's
+            ``detector_postprocess`` does.
     """
-
-    size_divisibility: int = 1
-    clip_boxes: bool = True
-    drop_empty_boxes: bool = False
 
     def __init__(
         self,
         *,
-        num_stages: int,
+        decoder: RecollectingDecoder,
         criterion: SetCriterion,
-        recollection: RecollectionSchedule,
+        recollection: Recollection,
         num_classes: int,
+        num_queries: int,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         select_box_nums_for_evaluation: int,
+        size_divisibility: int = 1,
+        mask_padding_in_eval: bool = True,
+        clip_boxes: bool = True,
+        drop_empty_boxes: bool = False,
     ) -> None:
         super().__init__()
-        if recollection.num_stages != num_stages:
-            raise ValueError(
-                f"recollection schedule has {recollection.num_stages} stages but the decoder has "
-                f"{num_stages}"
-            )
+        check_positive(
+            num_classes=num_classes,
+            num_queries=num_queries,
+            select_box_nums_for_evaluation=select_box_nums_for_evaluation,
+            size_divisibility=size_divisibility,
+        )
         self.criterion = criterion
-        self.recollection = recollection
-        self.plain_schedule = RecollectionSchedule(num_stages, mode="none")
+        self.recollection = recollection.schedule(decoder.num_stages)
+        self.plain_schedule = RecollectionSchedule(decoder.num_stages, mode="none")
         self.num_classes = num_classes
+        self.num_queries = num_queries
         self.select_box_nums_for_evaluation = select_box_nums_for_evaluation
+        self.size_divisibility = size_divisibility
+        self.mask_padding_in_eval = mask_padding_in_eval
+        self.clip_boxes = clip_boxes
+        self.drop_empty_boxes = drop_empty_boxes
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), False)
 
@@ -124,14 +140,41 @@ class QueryDetector(nn.Module):
     def predict_images(
         self, images: torch.Tensor, padding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, RecollectionSchedule]:
-        """:meth:`predict` from the batch that :meth:`preprocess_image` makes.
+        """:meth:`predict` from the batch that :meth:`preprocess_image` makes: the eval padding
+        policy (``mask_padding_in_eval``), then :meth:`predict_batch`.
 
         Args:
             images: normalised Tensor[B, 3, Hp, Wp], Hp and Wp multiples of
                 ``size_divisibility``.
             padding: Bool[B, Hp, Wp], True on padding (each image fills its top-left corner).
         """
+        return self.predict_batch(images, self.policy_padding(padding))
+
+    def predict_batch(
+        self, images: torch.Tensor, padding: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, RecollectionSchedule]:
+        """What a detector writes: :meth:`predict_images` with the padding mask the model sees.
+
+        Args:
+            images: as in :meth:`predict_images`.
+            padding: Bool[B, Hp, Wp], True on padding; all False in evaluation without
+                ``mask_padding_in_eval``.
+        """
         raise NotImplementedError
+
+    def policy_padding(self, padding: torch.Tensor) -> torch.Tensor:
+        """The padding mask the model sees: as given, but all False in evaluation without
+        ``mask_padding_in_eval``."""
+        if self.training or self.mask_padding_in_eval:
+            return padding
+        return torch.zeros_like(padding)
+
+    @staticmethod
+    def check_level_counts(**modules: nn.Module) -> None:
+        """ValueError unless every module (neck, encoder, decoder) has the same ``num_levels``."""
+        levels = {name: module.num_levels for name, module in modules.items()}
+        if len(set(levels.values())) != 1:
+            raise ValueError(f"feature level counts disagree: {levels}")
 
     def losses(
         self, batched_inputs: list[dict], targets: list[dict[str, torch.Tensor]]

@@ -8,7 +8,6 @@ scores, so one query may appear with several labels.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -16,12 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from sqr.layers.box_ops import inverse_sigmoid, refine_boxes
+from sqr.layers.init import init_class_prior, init_zero_box_delta, xavier_init_matrices
 from sqr.layers.mlp import MLP
 from sqr.modeling.criterion import SetCriterion
 from sqr.modeling.decoders.dab import DabDetrDecoder
 from sqr.modeling.encoders.dab import DabDetrEncoder
-from sqr.modeling.sqr import RecollectionSchedule
-from sqr.utils.checks import check_positive
+from sqr.modeling.sqr import Recollection, RecollectionSchedule
 
 from .base import QueryDetector
 
@@ -40,11 +39,10 @@ class DABDETR(QueryDetector):
         embed_dim: transformer channels.
         inverse_sigmoid_eps: clamp of the logit used to refine boxes (detrex: 1e-3).
         criterion, recollection, num_classes, pixel_mean, pixel_std,
-        select_box_nums_for_evaluation: see :class:`QueryDetector`.
+        select_box_nums_for_evaluation, mask_padding_in_eval, drop_empty_boxes: see
+            :class:`QueryDetector`. As detrex, evaluation runs without a padding mask and drops
+            the boxes that clipping empties (detectron2's ``detector_postprocess``).
     """
-
-    # detrex clips the boxes, then detectron2's detector_postprocess drops those clipping emptied.
-    drop_empty_boxes = True
 
     def __init__(
         self,
@@ -56,7 +54,7 @@ class DABDETR(QueryDetector):
         encoder: DabDetrEncoder,
         decoder: DabDetrDecoder,
         criterion: SetCriterion,
-        recollection: RecollectionSchedule,
+        recollection: Recollection,
         num_classes: int = 80,
         num_queries: int = 300,
         embed_dim: int = 256,
@@ -64,16 +62,20 @@ class DABDETR(QueryDetector):
         pixel_std: Sequence[float] = (58.395, 57.12, 57.375),
         select_box_nums_for_evaluation: int = 300,
         inverse_sigmoid_eps: float = 1e-3,
+        mask_padding_in_eval: bool = False,
+        drop_empty_boxes: bool = True,
     ) -> None:
-        check_positive(num_classes=num_classes, num_queries=num_queries)
         super().__init__(
-            num_stages=decoder.num_layers,
+            decoder=decoder,
             criterion=criterion,
             recollection=recollection,
             num_classes=num_classes,
+            num_queries=num_queries,
             pixel_mean=pixel_mean,
             pixel_std=pixel_std,
             select_box_nums_for_evaluation=select_box_nums_for_evaluation,
+            mask_padding_in_eval=mask_padding_in_eval,
+            drop_empty_boxes=drop_empty_boxes,
         )
         self.backbone = backbone
         self.in_feature = in_feature
@@ -90,23 +92,17 @@ class DABDETR(QueryDetector):
     def _reset_parameters(self) -> None:
         # detrex: xavier on every matrix of the transformer, anchor centres uniform in [0, 1]
         # (stored as logits; w, h keep N(0, 1)), class prior 0.01, zero last box layer.
-        for module in (self.encoder, self.decoder):
-            for p in module.parameters():
-                if p.dim() > 1:
-                    nn.init.xavier_uniform_(p)
+        xavier_init_matrices(self.encoder, self.decoder)
         with torch.no_grad():
             centres = torch.rand_like(self.anchor_box_embed.weight[:, :2])
             self.anchor_box_embed.weight[:, :2] = inverse_sigmoid(centres, self.eps)
-        nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
-        nn.init.zeros_(self.bbox_embed.layers[-1].weight)
-        nn.init.zeros_(self.bbox_embed.layers[-1].bias)
+        init_class_prior(self.class_embed)
+        init_zero_box_delta(self.bbox_embed)
 
-    def predict_images(
+    def predict_batch(
         self, tensor: torch.Tensor, padding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, RecollectionSchedule]:
-        """See :meth:`QueryDetector.predict_images`."""
-        if not self.training:
-            padding = torch.zeros_like(padding)  # detrex evaluates without a padding mask
+        """See :meth:`QueryDetector.predict_batch`."""
         features = self.input_proj(self.backbone(tensor)[self.in_feature])
         padding = F.interpolate(padding[None].float(), size=features.shape[-2:])[0].bool()
         pos = self.position_embedding(padding).flatten(2).transpose(1, 2)

@@ -21,13 +21,13 @@ top-300 is ``select_box_nums_for_evaluation=300``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from sqr.layers.box_ops import refine_boxes
+from sqr.layers.init import init_class_prior, init_zero_box_delta, xavier_init_matrices
 from sqr.layers.mlp import MLP
 from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention, set_backend
 from sqr.modeling.criterion import PredictionSet, SetCriterion
@@ -35,8 +35,7 @@ from sqr.modeling.decoders.deformable import DeformableDetrDecoder
 from sqr.modeling.encoders.deformable import DeformableDetrEncoder, flatten_levels
 from sqr.modeling.neck import ChannelMapper
 from sqr.modeling.query_selection import TwoStageProposals
-from sqr.modeling.sqr import RecollectionSchedule
-from sqr.utils.checks import check_positive
+from sqr.modeling.sqr import Recollection, RecollectionSchedule
 
 from .base import QueryDetector
 
@@ -78,7 +77,7 @@ class DeformableDETR(QueryDetector):
         encoder: DeformableDetrEncoder,
         decoder: DeformableDetrDecoder,
         criterion: SetCriterion,
-        recollection: RecollectionSchedule,
+        recollection: Recollection,
         num_classes: int = 80,
         num_queries: int = 300,
         embed_dim: int = 256,
@@ -92,25 +91,24 @@ class DeformableDETR(QueryDetector):
         drop_empty_boxes: bool = False,
         msda_backend: str | None = None,
     ) -> None:
-        check_positive(num_classes=num_classes, num_queries=num_queries)
         super().__init__(
-            num_stages=decoder.num_layers,
+            decoder=decoder,
             criterion=criterion,
             recollection=recollection,
             num_classes=num_classes,
+            num_queries=num_queries,
             pixel_mean=pixel_mean,
             pixel_std=pixel_std,
             select_box_nums_for_evaluation=select_box_nums_for_evaluation,
+            mask_padding_in_eval=mask_padding_in_eval,
+            drop_empty_boxes=drop_empty_boxes,
         )
         if as_two_stage and not with_box_refine:
             raise ValueError(
                 "as_two_stage=True needs with_box_refine=True: the proposals use an extra "
                 "per-layer head, as in the reference implementations"
             )
-        levels = {"neck": neck.num_levels, "encoder": encoder.num_levels}
-        levels["decoder"] = decoder.num_levels
-        if len(set(levels.values())) != 1:
-            raise ValueError(f"feature level counts disagree: {levels}")
+        self.check_level_counts(neck=neck, encoder=encoder, decoder=decoder)
         self.backbone = backbone
         self.in_features = tuple(in_features)
         self.neck = neck
@@ -124,7 +122,7 @@ class DeformableDETR(QueryDetector):
             self.query_embedding = nn.Embedding(num_queries, 2 * embed_dim)
             self.reference_points = nn.Linear(embed_dim, 2)
         if with_box_refine:  # one head per layer, plus one for the proposals in two-stage
-            num_heads = decoder.num_layers + int(as_two_stage)
+            num_heads = decoder.num_stages + int(as_two_stage)
             self.class_embed = nn.ModuleList(
                 nn.Linear(embed_dim, num_classes) for _ in range(num_heads)
             )
@@ -134,13 +132,10 @@ class DeformableDETR(QueryDetector):
         else:  # one head shared by every layer
             self.class_embed = nn.Linear(embed_dim, num_classes)
             self.bbox_embed = MLP(embed_dim, embed_dim, 4, 3)
-        self.num_queries = num_queries
         self.embed_dim = embed_dim
         self.with_box_refine = with_box_refine
         self.as_two_stage = as_two_stage
         self.eps = inverse_sigmoid_eps
-        self.mask_padding_in_eval = mask_padding_in_eval
-        self.drop_empty_boxes = drop_empty_boxes  # read by QueryDetector.inference
         self._reset_parameters()
         if msda_backend is not None:
             set_backend(self, msda_backend)
@@ -149,12 +144,8 @@ class DeformableDETR(QueryDetector):
         # mmdet: xavier on every matrix of the transformer, then MSDA's own init; reference
         # points xavier with zero bias; level embeddings N(0, 1); class prior 0.01; zero last
         # box layer, whose w, h bias starts at -2 in the first head (0 in two-stage).
-        transformer = [self.encoder, self.decoder]
-        transformer.append(self.proposals if self.as_two_stage else self.reference_points)
-        for module in transformer:
-            for p in module.parameters():
-                if p.dim() > 1:
-                    nn.init.xavier_uniform_(p)
+        queries = self.proposals if self.as_two_stage else self.reference_points
+        xavier_init_matrices(self.encoder, self.decoder, queries)
         for module in self.modules():
             if isinstance(module, MultiScaleDeformableAttention):
                 module.reset_parameters()
@@ -163,11 +154,8 @@ class DeformableDETR(QueryDetector):
         nn.init.normal_(self.level_embeds)
         class_heads = self.class_embed if self.with_box_refine else [self.class_embed]
         box_heads = self.bbox_embed if self.with_box_refine else [self.bbox_embed]
-        for head in class_heads:
-            nn.init.constant_(head.bias, -math.log((1 - 0.01) / 0.01))
-        for head in box_heads:
-            nn.init.zeros_(head.layers[-1].weight)
-            nn.init.zeros_(head.layers[-1].bias)
+        init_class_prior(*class_heads)
+        init_zero_box_delta(*box_heads)
         if not self.as_two_stage:
             nn.init.constant_(box_heads[0].layers[-1].bias[2:], -2.0)
 
@@ -186,10 +174,10 @@ class DeformableDETR(QueryDetector):
             sets.append(PredictionSet(enc_logits, enc_boxes, binary, [0], suffix="_enc"))
         return self.criterion.set_losses(sets, num_boxes)
 
-    def predict_images(
+    def predict_batch(
         self, tensor: torch.Tensor, padding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, RecollectionSchedule]:
-        """See :meth:`QueryDetector.predict_images`."""
+        """See :meth:`QueryDetector.predict_batch`."""
         logits, boxes, schedule, _ = self._decode(tensor, padding)
         return logits, boxes, schedule
 
@@ -198,8 +186,6 @@ class DeformableDETR(QueryDetector):
     ) -> tuple[torch.Tensor, torch.Tensor, RecollectionSchedule, tuple | None]:
         """:meth:`predict_images`'s outputs plus, in two-stage, the encoder proposals' logits
         [B, S, K] and boxes [B, S, 4] (else None)."""
-        if not self.training and not self.mask_padding_in_eval:
-            padding = torch.zeros_like(padding)  # detrex evaluates without a padding mask
         features = self.backbone(tensor)
         levels = self.neck([features[name] for name in self.in_features])
         memory, pos, padding_mask, spatial_shapes, ratios = flatten_levels(

@@ -13,7 +13,6 @@ mask, keeps the top 300 query-class pairs and drops boxes that clipping empties.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from itertools import groupby
 from typing import NamedTuple
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from sqr.layers.box_ops import refine_boxes
+from sqr.layers.init import init_class_prior, init_zero_box_delta, xavier_init_matrices
 from sqr.layers.mlp import MLP
 from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention, set_backend
 from sqr.modeling.criterion import PredictionSet, SetCriterion
@@ -30,8 +30,7 @@ from sqr.modeling.denoising import ContrastiveDenoising, DenoisingQueries
 from sqr.modeling.encoders.deformable import DeformableDetrEncoder, flatten_levels
 from sqr.modeling.neck import ChannelMapper
 from sqr.modeling.query_selection import MixedQuerySelection
-from sqr.modeling.sqr import RecollectionSchedule
-from sqr.utils.checks import check_positive
+from sqr.modeling.sqr import Recollection, RecollectionSchedule
 
 from .base import QueryDetector
 
@@ -67,11 +66,10 @@ class DINO(QueryDetector):
             ``"triton"`` or ``"pytorch"`` (:func:`~sqr.layers.ms_deform_attn.resolve_backend`);
             None keeps the layers' own (``$SQR_MSDA``, else ``"auto"``).
         criterion, recollection, num_classes, pixel_mean, pixel_std,
-        select_box_nums_for_evaluation: see :class:`QueryDetector`.
+        select_box_nums_for_evaluation, mask_padding_in_eval, drop_empty_boxes: see
+            :class:`QueryDetector`. As detrex, evaluation runs without a padding mask and drops
+            the boxes that clipping empties (detectron2's ``detector_postprocess``).
     """
-
-    # detrex clips the boxes, then detectron2's detector_postprocess drops those clipping emptied.
-    drop_empty_boxes = True
 
     def __init__(
         self,
@@ -84,7 +82,7 @@ class DINO(QueryDetector):
         decoder: DinoDecoder,
         denoising: ContrastiveDenoising,
         criterion: SetCriterion,
-        recollection: RecollectionSchedule,
+        recollection: Recollection,
         num_classes: int = 80,
         num_queries: int = 900,
         embed_dim: int = 256,
@@ -93,21 +91,22 @@ class DINO(QueryDetector):
         select_box_nums_for_evaluation: int = 300,
         inverse_sigmoid_eps: float = 1e-3,
         msda_backend: str | None = None,
+        mask_padding_in_eval: bool = False,
+        drop_empty_boxes: bool = True,
     ) -> None:
-        check_positive(num_classes=num_classes, num_queries=num_queries)
         super().__init__(
-            num_stages=decoder.num_layers,
+            decoder=decoder,
             criterion=criterion,
             recollection=recollection,
             num_classes=num_classes,
+            num_queries=num_queries,
             pixel_mean=pixel_mean,
             pixel_std=pixel_std,
             select_box_nums_for_evaluation=select_box_nums_for_evaluation,
+            mask_padding_in_eval=mask_padding_in_eval,
+            drop_empty_boxes=drop_empty_boxes,
         )
-        levels = {"neck": neck.num_levels, "encoder": encoder.num_levels}
-        levels["decoder"] = decoder.num_levels
-        if len(set(levels.values())) != 1:
-            raise ValueError(f"feature level counts disagree: {levels}")
+        self.check_level_counts(neck=neck, encoder=encoder, decoder=decoder)
         label_shape = tuple(denoising.label_enc.weight.shape)
         if label_shape != (num_classes, embed_dim):
             raise ValueError(
@@ -124,12 +123,11 @@ class DINO(QueryDetector):
         self.decoder = decoder
         self.denoising = denoising
         # One head per decoder layer, plus the encoder proposals' (the last).
-        num_heads = decoder.num_layers + 1
+        num_heads = decoder.num_stages + 1
         self.class_embed = nn.ModuleList(
             nn.Linear(embed_dim, num_classes) for _ in range(num_heads)
         )
         self.bbox_embed = nn.ModuleList(MLP(embed_dim, embed_dim, 4, 3) for _ in range(num_heads))
-        self.num_queries = num_queries
         self.eps = inverse_sigmoid_eps
         self._reset_parameters()
         if msda_backend is not None:
@@ -139,17 +137,13 @@ class DINO(QueryDetector):
         # detrex: xavier on every matrix of the transformer (encoder, decoder, query selection),
         # then MSDA's own init, level embeddings N(0, 1). The heads are deep copies of one head
         # (class prior 0.01, zero last box layer), so they all start equal.
-        for module in (self.encoder, self.decoder, self.query_selection):
-            for p in module.parameters():
-                if p.dim() > 1:
-                    nn.init.xavier_uniform_(p)
+        xavier_init_matrices(self.encoder, self.decoder, self.query_selection)
         for module in self.modules():
             if isinstance(module, MultiScaleDeformableAttention):
                 module.reset_parameters()
         nn.init.normal_(self.level_embeds)
-        nn.init.constant_(self.class_embed[0].bias, -math.log((1 - 0.01) / 0.01))
-        nn.init.zeros_(self.bbox_embed[0].layers[-1].weight)
-        nn.init.zeros_(self.bbox_embed[0].layers[-1].bias)
+        init_class_prior(self.class_embed[0])
+        init_zero_box_delta(self.bbox_embed[0])
         for heads in (self.class_embed, self.bbox_embed):
             for head in heads[1:]:
                 head.load_state_dict(heads[0].state_dict())
@@ -184,10 +178,10 @@ class DINO(QueryDetector):
             losses.update({f"{n}_dn_s{s}": zero for s in stages for n in names})
         return losses
 
-    def predict_images(
+    def predict_batch(
         self, tensor: torch.Tensor, padding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, RecollectionSchedule]:
-        """See :meth:`QueryDetector.predict_images`. No denoising queries: the matching
+        """See :meth:`QueryDetector.predict_batch`. No denoising queries: the matching
         queries never attend to them, so their predictions are the same with or without."""
         out = self._decode(tensor, padding, None)
         return out.logits, out.boxes, out.schedule
@@ -200,8 +194,6 @@ class DINO(QueryDetector):
     ) -> _Decoded:
         """The forward pass of a :meth:`preprocess_image` batch, with denoising queries built
         from ``targets`` when given."""
-        if not self.training:
-            padding = torch.zeros_like(padding)  # detrex evaluates without a padding mask
         features = self.backbone(tensor)
         levels = self.neck([features[name] for name in self.in_features])
         flat = flatten_levels(levels, padding, self.position_embedding, self.level_embeds)

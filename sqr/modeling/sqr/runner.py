@@ -5,8 +5,9 @@ and appends one output group per input group to the *reserve*. The runner owns e
 that reserve: the groups' contents and references, which references are detached when a stage
 takes them, which outputs a later stage consumes (only those get new references), and activation
 checkpointing of the recollected groups. A decoder supplies only what is its own
-(:class:`RecollectingDecoder`): the layer call of a stage, how a stage's outputs refine the
-references, and whether references are detached between stages.
+(:class:`~sqr.modeling.decoders.base.RecollectingDecoder`): the layer call of a stage, how a
+stage's outputs refine the references, what a recollected group keeps, and whether references
+are detached between stages. See ``docs/ARCHITECTURE.md``.
 
 The groups a stage decodes sit side by side on the query axis, ``[B, G*Q, C]``, against the
 unrepeated memory; only self-attention separates them. Groups of different lengths or reference
@@ -20,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -27,40 +29,15 @@ from torch.utils.checkpoint import checkpoint
 
 from .schedule import RecollectionSchedule
 
+if TYPE_CHECKING:
+    from sqr.modeling.decoders.base import RecollectingDecoder
+
 #: What a stage's layer call returns: Tensor[B, G*Q, ...], or a tuple of them whose first
 #: element is the new content.
 StageOutput = Tensor | tuple[Tensor, ...]
 #: A stage's layer call on G groups of one kind side by side: content Tensor[B, G*Q, C],
 #: references Tensor[B, G*Q, D] and G in, the groups' outputs side by side out.
 LayerCall = Callable[[Tensor, Tensor, int], StageOutput]
-
-
-class RecollectingDecoder:
-    """What a decoder tells the runner: subclass it, for one forward pass, with the layer call
-    and the reference rule; the defaults fit decoders that refine boxes layer by layer.
-
-    Attributes:
-        detach_references: detach a reference when a stage after the first takes it, as the
-            baseline detaches the boxes between layers (the first stage's stay attached, so that
-            learnable initial references learn).
-    """
-
-    detach_references: bool = True
-
-    def stage_call(self, stage: int) -> LayerCall:
-        """The layer call of ``stage``. Work shared by all its groups (projecting the memory for
-        the cross-attention) happens here, once per stage, not once per run of groups."""
-        raise NotImplementedError
-
-    def refine_references(self, stage: int, decoded: DecodedStage) -> list[Tensor]:
-        """New references of a stage's output groups, one Tensor[B, Q_g, D] per group, from the
-        stage's output and the references its groups were decoded with (``decoded.inputs``)."""
-        raise NotImplementedError
-
-    def recollect_group(self, content: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
-        """A reserve group as a stage takes it when it is not that stage's chain group: as it
-        is, unless the decoder keeps some queries (denoising ones) in the chain only."""
-        return content, reference
 
 
 @dataclass(frozen=True)
@@ -134,7 +111,7 @@ class RecollectionRunner:
         self.checkpoint_recollected = checkpoint_recollected
 
     def run(
-        self, decoder: RecollectingDecoder, content: Tensor, reference: Tensor
+        self, decoder: RecollectingDecoder, content: Tensor, reference: Tensor, inputs: Any
     ) -> list[DecodedStage]:
         """Decode from the initial group.
 
@@ -142,11 +119,14 @@ class RecollectionRunner:
             decoder: the layers and their reference rules.
             content: Tensor[B, Q, C] initial query content.
             reference: Tensor[B, Q, D] initial references.
+            inputs: what the decoder's stages read besides the queries in this forward pass
+                (the memory, ...), handed to each of its hooks.
 
         Returns:
             One :class:`DecodedStage` per stage.
         """
         schedule = self.schedule
+        detach = decoder.detaches_references(inputs)
         # The reserve: index 0 is the initial group; output group r sits at index r + 1.
         contents: list[Tensor | None] = [content]
         references: list[Tensor | None] = [reference]
@@ -157,16 +137,16 @@ class RecollectionRunner:
             refs = [references[i] for i in sources]
             # All but the last source are recollected; the last is the chain group.
             for g in range(len(groups) - 1):
-                groups[g], refs[g] = decoder.recollect_group(groups[g], refs[g])
+                groups[g], refs[g] = decoder.recollect_group(groups[g], refs[g], inputs)
             decoded = self._decode(
-                decoder.stage_call(stage), groups, refs, decoder.detach_references and stage > 0
+                decoder.stage_call(stage, inputs), groups, refs, detach and stage > 0
             )
             stages.append(decoded)
             sizes = decoded.group_sizes
             if schedule.is_consumed(stage):
                 outputs = split_groups(decoded.output, sizes)
                 contents.extend(o if isinstance(o, Tensor) else o[0] for o in outputs)
-                references.extend(decoder.refine_references(stage, decoded))
+                references.extend(decoder.refine_references(stage, decoded, inputs))
             else:  # nothing decodes these outputs again: keep the reserve indices aligned only
                 contents.extend([None] * len(sizes))
                 references.extend([None] * len(sizes))
@@ -203,14 +183,6 @@ class RecollectionRunner:
 def _joined(groups: Sequence[Tensor]) -> Tensor:
     """Groups side by side on the query axis; a single group as it is, without a copy."""
     return groups[0] if len(groups) == 1 else torch.cat(list(groups), dim=1)
-
-
-def _take(x: Tensor, index: int, num_groups: int) -> Tensor:
-    """Group ``index`` of ``num_groups`` equal groups side by side in ``x`` [B, G*Q, ...]."""
-    if num_groups == 1:
-        return x
-    length = x.shape[1] // num_groups
-    return x[:, index * length : (index + 1) * length]
 
 
 def _cat(outputs: list[StageOutput]) -> StageOutput:

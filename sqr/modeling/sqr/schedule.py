@@ -17,6 +17,9 @@ Modes (S stages):
 
 Every slice must end at the newest group, so the last group of each stage is the plain decoder
 chain: that is what makes the last prediction of training the one inference produces.
+
+A detector is configured with a :class:`Recollection` (the mode and its options, for any depth)
+and builds the schedule from its decoder's number of stages, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -24,6 +27,46 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 _MODES = ("none", "selective", "dense")
+
+
+class Recollection:
+    """How a detector recollects in training, whatever its depth: the arguments of
+    :class:`RecollectionSchedule` but the number of stages, which comes from the decoder.
+
+    A plain class, not a dataclass: a config's ``L(Recollection)(...)`` must stay a call that
+    OmegaConf does not turn into a structured config.
+
+    Args:
+        mode: "none" (the baseline), "selective" (SQR) or "dense"; ignored when ``start_q`` /
+            ``end_q`` are given.
+        start_stage: first stage that recollects, for "selective" (1 in the paper).
+        start_q: explicit first reserve index decoded by each stage.
+        end_q: explicit end (exclusive) of each stage's reserve slice.
+    """
+
+    def __init__(
+        self,
+        mode: str = "selective",
+        start_stage: int = 1,
+        start_q: Sequence[int] | None = None,
+        end_q: Sequence[int] | None = None,
+    ) -> None:
+        self.mode = mode
+        self.start_stage = start_stage
+        self.start_q = None if start_q is None else list(start_q)
+        self.end_q = None if end_q is None else list(end_q)
+
+    def schedule(self, num_stages: int) -> RecollectionSchedule:
+        """The schedule of a ``num_stages``-stage decoder (ValueError on a bad setting)."""
+        return RecollectionSchedule(
+            num_stages, self.mode, self.start_stage, self.start_q, self.end_q
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Recollection(mode={self.mode!r}, start_stage={self.start_stage}, "
+            f"start_q={self.start_q}, end_q={self.end_q})"
+        )
 
 
 class RecollectionSchedule:

@@ -10,7 +10,7 @@ from sqr.modeling.decoders import AdaMixerDecoder
 from sqr.modeling.detectors import AdaMixer
 from sqr.modeling.matcher import HungarianMatcher
 from sqr.modeling.neck import ChannelMapper
-from sqr.modeling.sqr import RecollectionSchedule
+from sqr.modeling.sqr import Recollection
 
 model = L(AdaMixer)(
     # mmdet frozen_stages=1 freezes the stem and layer1 (detectron2's freeze_at=2); it keeps the
@@ -57,8 +57,8 @@ model = L(AdaMixer)(
         # 1e-6 px^2, which real boxes never reach: on our normalised boxes that is no eps.
         giou_eps=0.0,
     ),
-    # The stage count comes from the decoder, so changing the depth cannot desynchronise them.
-    recollection=L(RecollectionSchedule)(num_stages="${..decoder.num_stages}", mode="none"),
+    # The baseline; SQR configs set mode="selective". The stage count comes from the decoder.
+    recollection=L(Recollection)(mode="none"),
     num_classes=80,
     num_queries=100,
     embed_dim=256,

@@ -10,7 +10,7 @@ from sqr.modeling.decoders import DabDetrDecoder
 from sqr.modeling.detectors import DABDETR
 from sqr.modeling.encoders import DabDetrEncoder
 from sqr.modeling.matcher import HungarianMatcher
-from sqr.modeling.sqr import RecollectionSchedule
+from sqr.modeling.sqr import Recollection
 
 model = L(DABDETR)(
     backbone=L(ResNet)(depth=50, out_features=["res5"], freeze_at=1, norm="FrozenBN"),
@@ -26,7 +26,7 @@ model = L(DABDETR)(
         activation="prelu",
     ),
     decoder=L(DabDetrDecoder)(
-        num_layers=6,
+        num_stages=6,
         embed_dim="${..embed_dim}",
         num_heads=8,
         feedforward_dim=2048,
@@ -47,8 +47,8 @@ model = L(DABDETR)(
         weight_dict={"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0},
         giou_eps=1e-6,  # detrex's box_ops adds it to the union and the hull (normalised boxes)
     ),
-    # The stage count comes from the decoder, so changing the depth cannot desynchronise them.
-    recollection=L(RecollectionSchedule)(num_stages="${..decoder.num_layers}", mode="none"),
+    # The baseline; SQR configs set mode="selective". The stage count comes from the decoder.
+    recollection=L(Recollection)(mode="none"),
     num_classes=80,
     num_queries=300,
     embed_dim=256,

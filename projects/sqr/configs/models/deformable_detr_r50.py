@@ -12,7 +12,7 @@ from sqr.modeling.detectors import DeformableDETR
 from sqr.modeling.encoders import DeformableDetrEncoder
 from sqr.modeling.matcher import HungarianMatcher
 from sqr.modeling.neck import ChannelMapper
-from sqr.modeling.sqr import RecollectionSchedule
+from sqr.modeling.sqr import Recollection
 
 model = L(DeformableDETR)(
     # mmdet frozen_stages=1 freezes the stem and layer1 (detectron2's freeze_at=2); its BN
@@ -41,7 +41,7 @@ model = L(DeformableDETR)(
         dropout=0.1,
     ),
     decoder=L(DeformableDetrDecoder)(
-        num_layers=6,
+        num_stages=6,
         embed_dim="${..embed_dim}",
         num_heads=8,
         num_levels="${..encoder.num_levels}",
@@ -62,8 +62,8 @@ model = L(DeformableDETR)(
         # 1e-6 px^2, which real boxes never reach: on our normalised boxes that is no eps.
         giou_eps=0.0,
     ),
-    # The stage count comes from the decoder, so changing the depth cannot desynchronise them.
-    recollection=L(RecollectionSchedule)(num_stages="${..decoder.num_layers}", mode="none"),
+    # The baseline; SQR configs set mode="selective". The stage count comes from the decoder.
+    recollection=L(Recollection)(mode="none"),
     num_classes=80,
     num_queries=300,
     embed_dim=256,

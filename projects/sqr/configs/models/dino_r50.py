@@ -13,7 +13,7 @@ from sqr.modeling.detectors import DINO
 from sqr.modeling.encoders import DeformableDetrEncoder
 from sqr.modeling.matcher import HungarianMatcher
 from sqr.modeling.neck import ChannelMapper
-from sqr.modeling.sqr import RecollectionSchedule
+from sqr.modeling.sqr import Recollection
 
 model = L(DINO)(
     # detectron2's freeze_at=1: only the stem is frozen; FrozenBN everywhere.
@@ -41,7 +41,7 @@ model = L(DINO)(
         dropout=0.0,
     ),
     decoder=L(DinoDecoder)(
-        num_layers=6,
+        num_stages=6,
         embed_dim="${..embed_dim}",
         num_heads=8,
         num_levels="${..encoder.num_levels}",
@@ -76,8 +76,8 @@ model = L(DINO)(
         ),
         weight_dict={"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0},
     ),
-    # The stage count comes from the decoder, so changing the depth cannot desynchronise them.
-    recollection=L(RecollectionSchedule)(num_stages="${..decoder.num_layers}", mode="none"),
+    # The baseline; SQR configs set mode="selective". The stage count comes from the decoder.
+    recollection=L(Recollection)(mode="none"),
     num_classes=80,
     num_queries=900,
     embed_dim=256,
