@@ -6,23 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny
 from helpers.tiny import TINY_DAB_DETR
 
 from sqr.config import LazyConfig, instantiate
 from sqr.evaluation.stages import predict_stages, query_predictions, stage_predictions
+from sqr.modeling import table
 from sqr.modeling.sqr import RecollectionSchedule
 
 CONFIGS = Path(__file__).resolve().parents[2] / "projects/sqr/configs"
 CONFIG = CONFIGS / "sqr_dab_detr_r50_50ep.py"
-# Every detector family with its tiny overrides (tests/helpers/tiny.py): the contract is the same.
-FAMILIES = {
-    "sqr_dab_detr_r50_50ep.py": "TINY_DAB_DETR",
-    "sqr_deformable_detr_r50_50ep.py": "TINY_DEFORMABLE_DETR",
-    "sqr_deformable_detr_refine_r50_50ep.py": "TINY_DEFORMABLE_DETR",
-    "sqr_deformable_detr_two_stage_r50_50ep.py": "TINY_DEFORMABLE_DETR",
-    "sqr_adamixer_r50_1x.py": "TINY_ADAMIXER",
-}
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +102,9 @@ def test_query_predictions_agree_with_the_detectors_top_detection(model) -> None
         torch.testing.assert_close(output["boxes"][top], prediction["boxes"][-1, q])
 
 
-@pytest.mark.parametrize("config", sorted(FAMILIES))
-def test_every_detector_family(config: str) -> None:
-    overrides = getattr(tiny, FAMILIES[config], None)
-    if overrides is None or not (CONFIGS / config).is_file():
-        pytest.skip(f"{config} is not in this tree")
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(str(CONFIGS / config)), overrides)
+@pytest.mark.parametrize("entry", table.DETECTORS, ids=lambda entry: entry.name)
+def test_every_detector(entry: table.DetectorEntry) -> None:
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(str(CONFIGS / entry.config)), entry.tiny)
     torch.manual_seed(0)
     detector = instantiate(cfg.model).eval()
     inputs = batch()
