@@ -6,8 +6,14 @@ decoders bit-identical.
 ``tests/modeling/test_recollection_reference.py`` recomputes the same fingerprints and
 requires every one to be equal. Each case builds a tiny detector from seed 0 and records, for one
 training step on a fixed batch, every loss (as the exact float), and every parameter gradient
-and every evaluation output as the SHA-256 of its bytes (with its sum, to see how far a changed
-one is off).
+and every evaluation output as the SHA-256 of its bytes with its sum and its Euclidean norm.
+
+Float results depend on the machine as well as on the code: vectorised reductions round
+differently across instruction sets and thread counts. The reference therefore records the
+machine that wrote it (:func:`machine`), and is computed with :data:`NUM_THREADS` threads
+whatever the environment says. Digests and exact losses hold on that machine only; the norms,
+which rounding moves by about as much as it moves the elements (a sum of terms of both signs
+can move by far more), are what another machine can compare at a tolerance.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ CONFIGS = Path(__file__).resolve().parents[2] / "projects" / "sqr" / "configs"
 REFERENCE = (
     Path(__file__).resolve().parents[1] / "modeling" / "data" / "recollection_reference.json"
 )
+
+#: Intra-op threads of every fingerprint: the partition of a parallel reduction is part of its
+#: rounding, so the environment's thread count (``OMP_NUM_THREADS``) must not choose it.
+NUM_THREADS = 2
 
 _CKPT = "model.decoder.checkpoint_recollected=True"
 #: name -> (config file, tiny overrides, extra overrides)
@@ -64,16 +74,34 @@ def _batch() -> list[dict]:
     return detection_batch([(64, 80), (72, 56)], [TWO_OBJECTS, ONE_OBJECT])
 
 
+def machine() -> dict[str, str]:
+    """What, besides the code, decides the bits of a fingerprint: torch and the CPU's vector
+    instruction set."""
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def _digest(tensor: torch.Tensor) -> list:
+    """``[SHA-256 of the bytes, sum, Euclidean norm]`` of ``tensor``."""
     tensor = tensor.detach().contiguous().cpu()
     return [
         hashlib.sha256(tensor.numpy().tobytes()).hexdigest(),
         float(tensor.double().sum()),
+        float(tensor.double().norm()),
     ]
 
 
 def fingerprint(name: str) -> dict:
-    """The losses, gradients and eval outputs of case ``name`` (see the module docstring)."""
+    """The losses, gradients and eval outputs of case ``name`` (see the module docstring),
+    computed with :data:`NUM_THREADS` threads (the caller's count is restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(NUM_THREADS)
+    try:
+        return _fingerprint(name)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fingerprint(name: str) -> dict:
     config, tiny, extra = CASES[name]
     model = build_detector(CONFIGS / config, [*tiny, *extra])
     torch.manual_seed(2)  # dropout
@@ -91,7 +119,7 @@ def fingerprint(name: str) -> dict:
 
 def main() -> None:
     REFERENCE.parent.mkdir(exist_ok=True)
-    data = {"torch": torch.__version__, "cases": {name: fingerprint(name) for name in CASES}}
+    data = {"machine": machine(), "cases": {name: fingerprint(name) for name in CASES}}
     REFERENCE.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"wrote {len(CASES)} cases to {REFERENCE}")
 

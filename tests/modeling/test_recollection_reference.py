@@ -2,11 +2,17 @@
 recollection runner.
 
 The reference (``data/recollection_reference.json``) was written by
-``tests/helpers/recollection_reference.py`` from the decoders as they were, and rewritten by the same script from commit 7908e67 (which
-matched it bit for bit) when the digests turned out to depend on the CPU: vectorised reductions
-round differently across instruction sets, so this check is exact on the machine that wrote the
-reference. Losses and evaluation outputs must be bit-identical everywhere, and so must every gradient of Deformable-DETR (all
-variants) and AdaMixer.
+``tests/helpers/recollection_reference.py`` from the decoders as they were, and rewritten by the
+same script from later commits that matched it bit for bit (7908e67, then 87f3846 to add the
+norms and the machine). Float results depend on the machine as well as on the code: vectorised
+reductions round differently across instruction sets and thread counts. So the fingerprints are
+computed with a fixed thread count whatever ``OMP_NUM_THREADS`` says, and two tests share them:
+
+* on the machine that wrote the reference (same torch, same CPU instruction set), losses,
+  evaluation outputs and gradients must be bit-identical;
+* on any machine, the evaluation labels must be identical and every loss, gradient and output
+  close to the reference, at tolerances ten times what a different instruction set was measured
+  to move them (``ATEN_CPU_CAPABILITY=default`` against the AVX2 reference).
 
 DAB-DETR's old decoder copied each stage's source groups into one tensor even when there was
 one (the first stage) and sliced the checkpointed groups back out of that copy; the runner
@@ -14,17 +20,17 @@ decodes a single group as it is and checkpoints each group's own tensor (Deforma
 way). Autograd then sums the several gradient contributions of the initial anchors in another
 order: ``anchor_box_embed.weight`` differs by rounding (measured 7e-8 relative), and with
 checkpointing the recomputed graph sums in another order throughout (measured at most 1.3e-6
-of ``max(1, |grad|)``, the tolerance ``check_checkpointing_changes_nothing`` allows).
+of ``max(1, |grad|)``). Those gradients are held to the tolerance of any machine only.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
 import pytest
-import torch
-from helpers.recollection_reference import CASES, REFERENCE, fingerprint
+from helpers.recollection_reference import CASES, REFERENCE, fingerprint, machine
 
 _EXPECTED = json.loads(REFERENCE.read_text())
 #: Gradients whose summation order the runner changed (see the module docstring).
@@ -33,22 +39,57 @@ _REORDERED = {
     "sqr_dab_detr_dense": {"anchor_box_embed.weight"},
     "sqr_dab_detr_ckpt": "all",
 }
+#: Relative tolerances of the comparison on any machine (measured worst cases in comments).
+_LOSS_RTOL = 1e-5  # 1.1e-6
+_OUTPUT_RTOL = 2e-5  # sums and norms of boxes and scores: 2.2e-6
+# Gradient norms: 5.8e-3 relative (a training-mode batch norm over 2 tiny images amplifies
+# rounding), and 8.8e-8 absolute on the norms below 1e-2 (rounding noise around zero).
+_GRAD_NORM_RTOL, _GRAD_NORM_ATOL = 0.05, 1e-6
+
+
+@functools.cache
+def _actual(name: str) -> dict:
+    return fingerprint(name)
 
 
 @pytest.mark.skipif(
-    _EXPECTED["torch"] != torch.__version__,
-    reason=f"the reference was written with torch {_EXPECTED['torch']}",
+    _EXPECTED["machine"] != machine(),
+    reason=f"bit-exact only on the machine that wrote the reference: {_EXPECTED['machine']}",
 )
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_same_results_as_before_the_runner(name: str) -> None:
-    expected, actual = _EXPECTED["cases"][name], fingerprint(name)
+def test_bit_identical_on_the_reference_machine(name: str) -> None:
+    expected, actual = _EXPECTED["cases"][name], _actual(name)
     assert actual["losses"] == expected["losses"]
     assert actual["outputs"] == expected["outputs"]
     assert actual["grads"].keys() == expected["grads"].keys()
     reordered = _REORDERED.get(name, set())
-    for key, (digest, total) in actual["grads"].items():
-        if reordered == "all" or key in reordered:
-            # The sum over a tensor moves by far less than the tolerance on single elements.
-            assert math.isclose(total, expected["grads"][key][1], rel_tol=1e-4, abs_tol=1e-5), key
-        else:
+    for key, (digest, _, _) in actual["grads"].items():
+        if reordered != "all" and key not in reordered:
             assert digest == expected["grads"][key][0], f"gradient of {key} changed"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_close_on_any_machine(name: str) -> None:
+    expected, actual = _EXPECTED["cases"][name], _actual(name)
+    assert actual["losses"].keys() == expected["losses"].keys()
+    for key, value in actual["losses"].items():
+        reference = float.fromhex(expected["losses"][key])
+        assert math.isclose(float.fromhex(value), reference, rel_tol=_LOSS_RTOL), key
+    pairs = zip(actual["outputs"], expected["outputs"], strict=True)
+    for image, (ours, theirs) in enumerate(pairs):
+        assert ours.keys() == theirs.keys() == {"boxes", "scores", "labels"}
+        assert ours["labels"] == theirs["labels"], f"labels of image {image}"
+        for key in ("boxes", "scores"):
+            # Positive values: their sum is as well conditioned as their norm.
+            for stat in (1, 2):
+                assert math.isclose(ours[key][stat], theirs[key][stat], rel_tol=_OUTPUT_RTOL), (
+                    f"{key} of image {image}"
+                )
+    assert actual["grads"].keys() == expected["grads"].keys()
+    for key, (_, _, norm) in actual["grads"].items():
+        # The norm, not the sum: terms of both signs can cancel in a sum that rounding then
+        # moves by far more than it moves any element.
+        reference = expected["grads"][key][2]
+        assert math.isclose(norm, reference, rel_tol=_GRAD_NORM_RTOL, abs_tol=_GRAD_NORM_ATOL), (
+            f"gradient of {key}"
+        )
