@@ -184,6 +184,7 @@ def build_detection_train_loader(
     seed: int = 0,
     shuffle: bool = True,
     pin_memory: bool | None = None,
+    collate_fn: Callable[[list[Any]], Any] = trivial_batch_collator,
 ) -> DataLoader:
     """Build an infinite training loader for this rank.
 
@@ -201,6 +202,8 @@ def build_detection_train_loader(
         shuffle: Shuffle every epoch.
         pin_memory: page-lock the batches so that the model's ``non_blocking`` copies to the GPU
             overlap with compute (None: when CUDA is available).
+        collate_fn: turns the list of mapped samples into the batch (the list itself by
+            default; e.g. :class:`~sqr.data.rtdetr.MultiScaleCollate`).
 
     Returns:
         The DataLoader (infinite; ``len()`` is undefined).
@@ -221,7 +224,7 @@ def build_detection_train_loader(
         map_dataset,
         batch_sampler=sampler,
         num_workers=num_workers,
-        collate_fn=trivial_batch_collator,
+        collate_fn=collate_fn,
         worker_init_fn=worker_init_fn,
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
