@@ -14,6 +14,11 @@ train = dict(
     amp=dict(enabled=False, dtype="bfloat16"),  # "float16" adds a grad scaler (CUDA only)
     ddp=dict(find_unused_parameters=False, broadcast_buffers=False),
     clip_grad=dict(enabled=False, params=dict(max_norm=0.1, norm_type=2.0)),
+    # An exponential moving average of the weights (sqr.engine.ModelEMA, RT-DETR's rule: decay
+    # decay * (1 - exp(-updates / warmups)), one update per optimizer step). When enabled, the
+    # evaluations during and after training and --eval-only use the average; checkpoints keep
+    # the trained weights under "model" and the average under "ema".
+    ema=dict(enabled=False, decay=0.9999, warmups=2000),
     checkpointer=dict(period=5000, max_to_keep=100),
     eval_period=5000,
     log_period=20,

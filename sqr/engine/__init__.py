@@ -18,8 +18,10 @@ from .defaults import (
     resolve_config_file,
     resolve_device,
 )
+from .ema import ModelEMA
 from .hooks import (
     CheckpointHook,
+    EMAHook,
     EvalHook,
     IterationTimer,
     LRSchedulerHook,
@@ -36,6 +38,7 @@ __all__ = [
     "CheckpointFileError",
     "CheckpointHook",
     "DetectionCheckpointer",
+    "EMAHook",
     "EvalHook",
     "HookBase",
     "IncompatibleCheckpointError",
@@ -44,6 +47,7 @@ __all__ = [
     "LRSchedule",
     "LRSchedulerHook",
     "LoadReport",
+    "ModelEMA",
     "PeriodicWriter",
     "Predictor",
     "Trainer",

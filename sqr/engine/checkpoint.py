@@ -10,7 +10,9 @@ What changes here:
 * every model load logs a :class:`LoadReport` (at WARNING when a tensor of the model stays
   unloaded); a checkpoint that matches none of the model's tensors is refused, and
   ``require_complete=True`` (evaluation, ``--resume``) refuses one that leaves any unloaded;
-* an empty, truncated or foreign file is a :class:`CheckpointFileError` naming it.
+* an empty, truncated or foreign file is a :class:`CheckpointFileError` naming it;
+* ``load(..., weights="ema")`` loads a checkpoint's averaged weights (its ``"ema"`` entry, see
+  :class:`~sqr.engine.ema.ModelEMA`) into the model instead of its trained ones.
 """
 
 from __future__ import annotations
@@ -238,6 +240,7 @@ class DetectionCheckpointer(Checkpointer):
         self.last_report: LoadReport | None = None
         self._require_complete = False
         self._loading = ""
+        self._weights = "model"
         self.resumed_from: str | None = None
 
     def save(
@@ -268,7 +271,17 @@ class DetectionCheckpointer(Checkpointer):
         write_atomically(path, lambda f: f.write(last_filename_basename), mode="w")
 
     def _load_file(self, f: str) -> dict[str, Any]:
-        return load_checkpoint_file(f)
+        data = load_checkpoint_file(f)
+        if self._weights == "ema":
+            ema = data.pop("ema", None)
+            if not isinstance(ema, dict) or not isinstance(ema.get("module"), dict):
+                raise IncompatibleCheckpointError(
+                    f"{f} has no EMA weights (no 'ema' entry with a 'module' state_dict): it was "
+                    "trained without train.ema.enabled; set train.ema.enabled=False to use its "
+                    "trained weights"
+                )
+            data["model"] = ema["module"]
+        return data
 
     def _load_model(self, checkpoint: dict[str, Any]) -> None:
         state = {
@@ -315,6 +328,7 @@ class DetectionCheckpointer(Checkpointer):
         checkpointables: list[str] | None = None,
         *,
         require_complete: bool = False,
+        weights: str = "model",
     ) -> dict[str, Any]:
         """Load ``path`` (a file, or a URL/zoo name resolved by :func:`sqr.model_zoo.resolve`).
 
@@ -323,12 +337,17 @@ class DetectionCheckpointer(Checkpointer):
             checkpointables: which of the other objects to restore (None: all).
             require_complete: refuse (before touching the model or any other object) a
                 checkpoint that leaves a tensor of the model missing or shape-mismatched.
+            weights: which weights of the checkpoint fill the model: "model" (the trained
+                ones) or "ema" (the moving average a run with ``train.ema.enabled`` saved).
 
         Raises:
             IncompatibleCheckpointError: the checkpoint fits none of the model's tensors, or
-                not all of them with ``require_complete``.
+                not all of them with ``require_complete``, or has no EMA weights when asked for
+                them.
             CheckpointFileError: the file is empty, corrupt or not a checkpoint.
         """
+        if weights not in ("model", "ema"):
+            raise ValueError(f"weights must be 'model' or 'ema', got {weights!r}")
         if not path:
             self.logger.info("No checkpoint given: the model keeps its initialisation")
             return {}
@@ -340,11 +359,11 @@ class DetectionCheckpointer(Checkpointer):
             comm.synchronize()
             path = resolve(path)
         self.logger.info("Loading checkpoint from %s", path)
-        self._require_complete, self._loading = require_complete, path
+        self._require_complete, self._loading, self._weights = require_complete, path, weights
         try:
             return super().load(path, checkpointables)
         finally:
-            self._require_complete, self._loading = False, ""
+            self._require_complete, self._loading, self._weights = False, "", "model"
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         """Resume from ``last_checkpoint`` in ``save_dir`` when asked and present, else load
@@ -391,13 +410,16 @@ class DetectionCheckpointer(Checkpointer):
         return self.load(path, checkpointables=[])
 
 
-def load_trained_weights(model: torch.nn.Module, path: str, *, purpose: str) -> LoadReport:
+def load_trained_weights(
+    model: torch.nn.Module, path: str, *, purpose: str, weights: str = "model"
+) -> LoadReport:
     """Load the weights of a trained ``model``, refusing a checkpoint of another model.
 
     Args:
         model: the model to fill.
         path: the checkpoint (``train.init_checkpoint``).
         purpose: what needs the weights, for the error messages (e.g. "--eval-only").
+        weights: "model" (the trained weights) or "ema" (the checkpoint's moving average).
 
     Returns:
         The load report.
@@ -406,7 +428,7 @@ def load_trained_weights(model: torch.nn.Module, path: str, *, purpose: str) -> 
         ValueError: ``path`` is empty.
         IncompatibleCheckpointError: the checkpoint leaves a tensor of the model missing or
             shape-mismatched (the first few are listed); a model evaluated that way would report
-            the AP of a partly random network.
+            the AP of a partly random network. Or ``weights="ema"`` and it has no EMA.
     """
     if not path:
         raise ValueError(
@@ -414,7 +436,7 @@ def load_trained_weights(model: torch.nn.Module, path: str, *, purpose: str) -> 
         )
     checkpointer = DetectionCheckpointer(model)
     try:
-        checkpointer.load(path, checkpointables=[], require_complete=True)
+        checkpointer.load(path, checkpointables=[], require_complete=True, weights=weights)
     except IncompatibleCheckpointError as e:
         raise IncompatibleCheckpointError(f"{purpose}: {e}") from e
     return checkpointer.last_report

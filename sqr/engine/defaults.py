@@ -231,6 +231,12 @@ def check_train_options(train: DictConfig) -> None:
         if not is_int(value) or value < minimum:
             kind = "positive" if minimum == 1 else "non-negative"
             raise ValueError(f"train.{key} must be a {kind} integer, got {value!r}")
+    if _option(train, "ema.enabled"):
+        decay, warmups = _option(train, "ema.decay"), _option(train, "ema.warmups")
+        if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 <= decay < 1:
+            raise ValueError(f"train.ema.decay must be a number in [0, 1), got {decay!r}")
+        if not is_int(warmups) or warmups < 1:
+            raise ValueError(f"train.ema.warmups must be a positive integer, got {warmups!r}")
     if _option(train, "clip_grad.enabled"):
         max_norm = _option(train, "clip_grad.params.max_norm")
         if isinstance(max_norm, bool) or not isinstance(max_norm, int | float) or max_norm <= 0:

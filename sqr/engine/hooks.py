@@ -1,4 +1,5 @@
-"""Training hooks: timing, learning rate, checkpoints with RNG state, evaluation, writers."""
+"""Training hooks: timing, learning rate, weight averaging, checkpoints with RNG state, evaluation,
+writers."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sqr.utils.checks import check_positive
 from sqr.utils.events import EventWriter
 
 from .checkpoint import DetectionCheckpointer
+from .ema import ModelEMA
 from .train_loop import HookBase
 
 logger = logging.getLogger(__name__)
@@ -59,6 +61,21 @@ class LRSchedulerHook(HookBase):
         group = max(self._optimizer.param_groups, key=lambda g: len(g["params"]))
         self.trainer.storage.put_scalar("lr", group["lr"], smoothing_hint=False)
         self._scheduler.step()
+
+
+class EMAHook(HookBase):
+    """Update a :class:`~sqr.engine.ema.ModelEMA` after every optimizer step.
+
+    Register it before the hooks that read the average (evaluation), so that they see the
+    update of the step just run. The average is saved and restored as the checkpointer's
+    ``"ema"`` entry.
+    """
+
+    def __init__(self, ema: ModelEMA) -> None:
+        self._ema = ema
+
+    def after_step(self) -> None:
+        self._ema.update(self.trainer.model)
 
 
 def capture_rng_state() -> dict[str, Any]:

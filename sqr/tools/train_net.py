@@ -11,6 +11,10 @@
 
 The output directory follows detectron2: config.yaml, log.txt, metrics.json, TensorBoard events,
 model_XXXXXXX.pth, model_final.pth, last_checkpoint, inference/ (and eval_results.json).
+
+With ``train.ema.enabled`` every evaluation (periodic, final, ``--eval-only``) is of the moving
+average of the weights; checkpoints hold the trained weights under ``"model"`` and the average
+under ``"ema"`` (``{"module": state_dict, "updates": count}``), which ``--resume`` restores.
 """
 
 from __future__ import annotations
@@ -75,6 +79,29 @@ def max_iterations(cfg: DictConfig, loader) -> int:
     return max_iter if max_iter is not None else max_epochs * per_epoch
 
 
+def ema_enabled(cfg: DictConfig) -> bool:
+    """Whether ``train.ema`` asks for a moving average (configs without the key: no)."""
+    ema = cfg.train.get("ema")
+    return bool(ema is not None and ema.get("enabled", False))
+
+
+def _build_ema(cfg: DictConfig, model: torch.nn.Module, extra: dict, *, resuming: bool):
+    """The run's :class:`~sqr.engine.ModelEMA`, started from the loaded weights, or on
+    ``--resume`` restored from the checkpoint's ``"ema"`` entry."""
+    from sqr.engine import ModelEMA
+
+    ema = ModelEMA(model, decay=cfg.train.ema.decay, warmups=cfg.train.ema.warmups)
+    if resuming and "ema" in extra:
+        ema.load_state_dict(extra.pop("ema"))
+        logger.info("Resuming the EMA at update %d", ema.updates)
+    elif resuming:
+        logger.warning(
+            "train.ema.enabled, but the checkpoint has no EMA state: the average starts from "
+            "the resumed weights at update 0"
+        )
+    return ema
+
+
 def _optimizer_settings(optimizer: torch.optim.Optimizer) -> list[dict]:
     """Each param group's hyperparameters but its lr (which the scheduler sets)."""
     return [
@@ -107,6 +134,7 @@ def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
     from sqr.engine import (
         CheckpointHook,
         DetectionCheckpointer,
+        EMAHook,
         EvalHook,
         IterationTimer,
         LRMultiplier,
@@ -178,6 +206,12 @@ def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
             restore_rng_state(rng[comm.get_rank()])
         else:
             logger.warning("checkpoint has no RNG state for this world size; keeping fresh seeds")
+    ema = None
+    if ema_enabled(cfg):
+        ema = _build_ema(cfg, checkpointer.model, extra, resuming=resuming)
+        checkpointer.add_checkpointable("ema", ema)
+    elif resuming and "ema" in extra:
+        logger.info("train.ema is disabled: the checkpoint's EMA state is not used")
     train_loader.batch_sampler.start_iter = start_iter
     if comm.is_main_process() and cfg.train.output_dir:
         save_config_record(record, cfg.train.output_dir, kind="resume" if resuming else "train")
@@ -192,9 +226,11 @@ def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
             writers.append(TensorboardWriter(cfg.train.output_dir))
         except ImportError:
             logger.info("tensorboard is not installed: no TensorBoard events are written")
+    evaluated = ema.module if ema is not None else model
     trainer.register_hooks(
         [
             IterationTimer(),
+            EMAHook(ema) if ema is not None else None,  # before EvalHook, which reads it
             LRSchedulerHook(optimizer, scheduler),
             CheckpointHook(
                 checkpointer,
@@ -202,7 +238,7 @@ def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
                 max_iter,
                 cfg.train.checkpointer.max_to_keep,
             ),
-            EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+            EvalHook(cfg.train.eval_period, lambda: do_test(cfg, evaluated)),
             PeriodicWriter(writers, cfg.train.log_period) if comm.is_main_process() else None,
         ]
     )
@@ -210,13 +246,15 @@ def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
 
 
 def do_eval_only(cfg: DictConfig, args, model: torch.nn.Module) -> dict:
-    """Load ``train.init_checkpoint``, evaluate, and write ``eval_results.json``."""
+    """Load ``train.init_checkpoint`` (its EMA weights with ``train.ema.enabled``), evaluate, and
+    write ``eval_results.json``."""
     from sqr.engine import load_trained_weights
     from sqr.engine.defaults import save_config_record
     from sqr.utils import comm
 
     path = cfg.train.init_checkpoint
-    load_trained_weights(model, path, purpose="--eval-only")
+    weights = "ema" if ema_enabled(cfg) else "model"
+    load_trained_weights(model, path, purpose="--eval-only", weights=weights)
     if comm.is_main_process() and cfg.train.output_dir:
         save_config_record(cfg, cfg.train.output_dir, kind="eval")
     results = do_test(cfg, model)
@@ -224,6 +262,7 @@ def do_eval_only(cfg: DictConfig, args, model: torch.nn.Module) -> dict:
         record = {
             "results": results,
             "checkpoint": path,
+            "weights": weights,
             "config_file": args.config_file,
             "world_size": comm.get_world_size(),
         }
