@@ -11,7 +11,13 @@ The first three ("strong") ops run only while the epoch is below ``stop_epoch``
 (:class:`UntilEpoch`); the batch collate (:class:`MultiScaleCollate`) resizes every image of a
 batch to one size drawn from RT-DETR's scale list, also only before ``stop_epoch``. Both learn
 the epoch through ``set_epoch(epoch)`` (:func:`set_loader_epoch` calls it on a loader's
-transform and collate); the epoch of an iteration is :func:`epoch_at_iteration`.
+transform and collate); the epoch of an iteration is :func:`epoch_at_iteration`. That reaches
+in-process loading only: persistent loader workers keep the epoch their copies were made with
+(RT-DETR re-creates its workers every epoch; here the infinite loader never does).
+
+Images stay uint8 and boxes absolute XYXY, as the mapper gives them; RT-DETR's last two ops
+(scale pixels to [0, 1], boxes to normalised cxcywh) are the model's ``pixel_mean``/``pixel_std``
+and target normalisation here.
 
 Written here because ``transforms.v2`` lacks them: :class:`RandomApplyIoUCrop` (v2's
 ``RandomIoUCrop`` always crops; RT-DETR skips it with probability 0.2), :class:`UntilEpoch` and

@@ -332,3 +332,11 @@ def test_recipe_config():
     assert pipeline.transforms[0].stop_epoch == 71
     assert list(pipeline.transforms[3].size) == [640, 640]
     assert list(instantiate(cfg.dataloader.test.mapper.augmentation).size) == [640, 640]
+
+
+def test_test_mapper_resizes_to_the_square_and_keeps_the_record_size(tmp_path):
+    (record,) = write_records(tmp_path, 1)
+    out = DetrDatasetMapper(rtdetr_test_augmentation(size=80), is_train=False)(record)
+    assert out["image"].shape == (3, 80, 80) and out["image"].dtype == torch.uint8
+    assert (out["height"], out["width"]) == (HEIGHT, WIDTH)  # predictions come back in these
+    assert "targets" not in out
