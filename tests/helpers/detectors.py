@@ -88,19 +88,6 @@ def check_eval_identical_with_sqr_on_and_off(
     return out_sqr
 
 
-def check_every_parameter_gets_a_gradient(
-    model: nn.Module, inputs: list[dict], num_losses: int
-) -> None:
-    """Training gives ``num_losses`` losses whose sum reaches every trainable parameter with a
-    finite gradient."""
-    losses = model.train()(inputs)
-    assert len(losses) == num_losses
-    sum(losses.values()).backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing, f"no gradient for {missing}"
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-
-
 def check_training_without_targets_raises(model: nn.Module, inputs: list[dict]) -> None:
     del inputs[1]["targets"]
     with pytest.raises(ValueError, match="targets"):

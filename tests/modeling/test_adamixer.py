@@ -99,23 +99,6 @@ def test_first_stage_starts_from_each_whole_image() -> None:
     torch.testing.assert_close(boxes[0], torch.tensor([0.5, 0.5, 1.0, 1.0]).expand(3, 10, 4))
 
 
-def test_eval_identical_with_sqr_on_and_off() -> None:
-    sqr = perturb(build("selective"))
-    out_sqr = detectors.check_eval_identical_with_sqr_on_and_off(
-        sqr, build("none"), lambda: batch(3)
-    )
-    # Evaluation runs the plain chain even with grad enabled (no requires_grad switch).
-    out_grad = sqr(batch(3))
-    assert torch.equal(out_grad[0]["boxes"], out_sqr[0]["boxes"])
-
-
-def test_every_parameter_gets_a_gradient_with_an_empty_image() -> None:
-    # 3 terms x 6 stages.
-    detectors.check_every_parameter_gets_a_gradient(
-        build("selective"), batch(2, with_empty=True), 18
-    )
-
-
 def test_training_without_targets_raises() -> None:
     detectors.check_training_without_targets_raises(build(), batch())
 

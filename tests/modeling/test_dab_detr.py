@@ -67,19 +67,6 @@ def test_batched_groups_equal_per_group_oracle(mode: str) -> None:
         torch.testing.assert_close(losses[key], oracle_losses[key], rtol=1e-5, atol=1e-5, msg=key)
 
 
-def test_eval_identical_with_sqr_on_and_off() -> None:
-    sqr = build("selective")
-    out_sqr = detectors.check_eval_identical_with_sqr_on_and_off(sqr, build("none"), batch)
-    # Evaluation runs the plain chain even with grad enabled (no requires_grad switch).
-    out_grad = sqr(batch())
-    assert torch.equal(out_grad[0]["boxes"], out_sqr[0]["boxes"])
-
-
-def test_every_parameter_gets_a_gradient_with_an_empty_image() -> None:
-    # 3 terms x 6 stages.
-    detectors.check_every_parameter_gets_a_gradient(build("selective"), batch(with_empty=True), 18)
-
-
 def test_training_without_targets_raises() -> None:
     detectors.check_training_without_targets_raises(build(), batch())
 

@@ -128,24 +128,6 @@ def test_batched_groups_equal_per_group_oracle(variant: str, mode: str) -> None:
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_eval_identical_with_sqr_on_and_off(variant: str) -> None:
-    sqr = build(variant, "selective")
-    detectors.check_eval_identical_with_sqr_on_and_off(sqr, build(variant, "none"), batch)
-    # Evaluation runs the plain chain even with grad enabled (no requires_grad switch).
-    logits, _, schedule = sqr.predict(batch())
-    assert schedule.is_plain and logits.shape[0] == sqr.decoder.num_stages
-
-
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_every_parameter_gets_a_gradient_with_an_empty_image(variant: str) -> None:
-    # 3 terms x 6 stages, plus the proposals' 3 terms in two-stage.
-    num_losses = 18 + 3 * (variant == "two_stage")
-    detectors.check_every_parameter_gets_a_gradient(
-        build(variant, "selective"), batch(with_empty=True), num_losses
-    )
-
-
-@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_checkpointing_recollected_groups_changes_nothing(variant: str) -> None:
     detectors.check_checkpointing_changes_nothing(
         build(variant, "selective"),
@@ -223,18 +205,6 @@ def test_recipe_optimizer_groups_and_batch() -> None:
     }
     # mmdet's GIoU eps clamps pixel areas, which never binds: none on normalised boxes.
     assert model.criterion.giou_eps == model.criterion.matcher.giou_eps == 0.0
-
-
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_sqr_config_differs_from_its_baseline_only_in_recollection(variant: str) -> None:
-    sqr = LazyConfig.load(str(CONFIGS / VARIANTS[variant]))
-    base = LazyConfig.load(str(CONFIGS / VARIANTS[variant].removeprefix("sqr_")))
-    assert (sqr.model.recollection.mode, base.model.recollection.mode) == ("selective", "none")
-    for cfg in (sqr, base):
-        cfg.model.recollection.mode = "none"
-        cfg.model.recollection.start_stage = None
-        cfg.train.output_dir = None
-    assert OmegaConf.to_container(sqr, resolve=False) == OmegaConf.to_container(base, resolve=False)
 
 
 def run_capturing_encoder(model: torch.nn.Module, inputs: list[dict]) -> tuple:

@@ -9,10 +9,8 @@ import pytest
 import torch
 from helpers import detectors
 from helpers.tiny import TINY_DINO
-from omegaconf import OmegaConf
 
 from sqr.config import LazyConfig, instantiate
-from sqr.evaluation.stages import stage_predictions
 from sqr.modeling.decoders.dino import DinoInputs
 from sqr.modeling.denoising import denoising_losses
 
@@ -153,24 +151,6 @@ def test_matching_queries_never_see_the_denoising_queries() -> None:
     torch.testing.assert_close(with_dn.boxes, without.boxes, rtol=1e-5, atol=1e-5)
 
 
-def test_eval_identical_with_sqr_on_and_off() -> None:
-    sqr = build("selective")
-    detectors.check_eval_identical_with_sqr_on_and_off(sqr, build("none"), batch)
-    # Evaluation runs the plain chain even with grad enabled (no requires_grad switch).
-    logits, _, schedule = sqr.predict(batch())
-    assert schedule.is_plain and logits.shape[0] == sqr.decoder.num_stages
-
-
-@pytest.mark.parametrize("images", ["one_empty", "all_empty"])
-def test_every_parameter_gets_a_gradient(images: str) -> None:
-    inputs = batch(with_empty=True)
-    if images == "all_empty":  # no target anywhere: no denoising queries at all
-        inputs[0]["targets"] = inputs[1]["targets"]
-    # 3 terms x 6 stages for the matched groups and for the denoising queries, 3 for the
-    # selected encoder proposals.
-    detectors.check_every_parameter_gets_a_gradient(build("selective"), inputs, 39)
-
-
 def test_checkpointing_recollected_groups_changes_nothing() -> None:
     detectors.check_checkpointing_changes_nothing(
         build("selective"),
@@ -181,17 +161,6 @@ def test_checkpointing_recollected_groups_changes_nothing() -> None:
 
 def test_training_without_targets_raises() -> None:
     detectors.check_training_without_targets_raises(build(), batch())
-
-
-def test_stage_predictions_run_on_dino() -> None:
-    model = build().eval()
-    stages = stage_predictions(model, batch())
-    assert len(stages) == model.decoder.num_stages
-    with torch.no_grad():
-        final = model(batch())
-    for ours, reference in zip(stages[-1], final, strict=True):
-        for key in ("boxes", "scores", "labels"):
-            assert torch.equal(ours[key], reference[key]), key
 
 
 def test_inference_contract() -> None:
@@ -221,17 +190,6 @@ def test_recipe() -> None:
     schedule = instantiate(cfg.lr_multiplier)
     assert schedule(82499, 90000) == 1.0 and schedule(82500, 90000) == pytest.approx(0.1)
     assert model.criterion.weight_dict == {"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
-
-
-def test_sqr_config_differs_from_its_baseline_only_in_recollection() -> None:
-    sqr = LazyConfig.load(str(CONFIGS / SQR_CONFIG))
-    base = LazyConfig.load(str(CONFIGS / BASE_CONFIG))
-    assert (sqr.model.recollection.mode, base.model.recollection.mode) == ("selective", "none")
-    for cfg in (sqr, base):
-        cfg.model.recollection.mode = "none"
-        cfg.model.recollection.start_stage = None
-        cfg.train.output_dir = None
-    assert OmegaConf.to_container(sqr, resolve=False) == OmegaConf.to_container(base, resolve=False)
 
 
 def test_heads_start_equal_as_detrex_deep_copies() -> None:
