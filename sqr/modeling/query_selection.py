@@ -69,11 +69,13 @@ class ScoredProposals(NamedTuple):
         coords: Tensor[B, S, 4] boxes in logit space (cx, cy, w, h), +inf where the token
             proposes nothing.
         top: int64 Tensor[B, Q], the chosen tokens, best first.
+        memory: Tensor[B, S, C], the projected tokens the heads read (RT-DETR's query content).
     """
 
     logits: torch.Tensor
     coords: torch.Tensor
     top: torch.Tensor
+    memory: torch.Tensor
 
     def chosen(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` [B, S, D] at the chosen tokens: Tensor[B, Q, D]."""
@@ -126,7 +128,7 @@ class EncoderQuerySelection(nn.Module):
         logits = class_head(output_memory)
         coords = box_head(output_memory) + proposals  # logit space; +inf where invalid
         top = self.score(logits).topk(num_queries, dim=1)[1]
-        return ScoredProposals(logits, coords, top)
+        return ScoredProposals(logits, coords, top, output_memory)
 
 
 class TwoStageProposals(EncoderQuerySelection):

@@ -64,6 +64,19 @@ TINY_ADAMIXER = (
 )
 TINY_DINO = (*_DEFORMABLE, "model.denoising.num_denoising=4", *_HEADS)
 
+TINY_RTDETRV2 = (
+    "model.backbone.width=16",
+    "model.encoder.in_channels=[32, 64, 128]",
+    "model.embed_dim=32",
+    "model.encoder.num_heads=4",
+    "model.encoder.dim_feedforward=64",
+    "model.decoder.num_heads=4",
+    "model.decoder.num_points=[2, 2, 2]",
+    "model.decoder.feedforward_dim=64",
+    "model.denoising.num_denoising=4",
+    *_HEADS,
+)
+
 _NO_DROPOUT = ("model.encoder.dropout=0.0", "model.decoder.dropout=0.0")
 _DEFORMABLE_MODULES = frozenset(
     {"backbone", "neck", "level_embeds", "encoder", "decoder", "class_embed", "bbox_embed"}
@@ -77,7 +90,8 @@ class DetectorEntry:
     Attributes:
         name: how reports and test ids name it.
         config: its SQR config, a file name under ``projects/sqr/configs``.
-        family: the architecture ("dab_detr", "deformable_detr", "adamixer", "dino"): the
+        family: the architecture ("dab_detr", "deformable_detr", "adamixer", "dino",
+            "rtdetrv2"): the
             recipes of one family share their layers (and, for the GPU check, their kernels).
         tiny: overrides that shrink it to test size (same code paths).
         no_dropout: overrides that turn its dropout off (empty where the recipe has none), for
@@ -166,6 +180,16 @@ DETECTORS: tuple[DetectorEntry, ...] = (
         tiny=TINY_DINO,
         native_modules=_DEFORMABLE_MODULES | {"query_selection", "denoising"},
         formats=("detrex_dino",),
+    ),
+    DetectorEntry(
+        name="RT-DETRv2-S R18vd",
+        config="sqr_rtdetrv2_r18vd_120e.py",
+        family="rtdetrv2",
+        tiny=TINY_RTDETRV2,
+        native_modules=frozenset(
+            {"backbone", "encoder", "input_proj", "query_selection", "decoder", "denoising"}
+            | {"class_embed", "bbox_embed"}
+        ),
     ),
 )
 
