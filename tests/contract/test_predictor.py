@@ -16,18 +16,21 @@ from sqr.config import LazyConfig, instantiate
 from sqr.engine import Predictor
 from sqr.modeling import table
 
-# The recipes' test transform at a tiny size: short side 64, long side at most 96.
+# The recipes' test transform at a tiny size: short side 64, long side at most 96 (the DETR
+# resize), or 64 x 64 (RT-DETR's square resize, which has a ``size``).
 SMALL = [
     "dataloader.test.mapper.augmentation.short_size=64",
     "dataloader.test.mapper.augmentation.max_size=96",
-    "train.device=cpu",
 ]
+SQUARE = ["dataloader.test.mapper.augmentation.size=64"]
 
 
 @pytest.mark.parametrize("entry", table.DETECTORS, ids=lambda entry: entry.name)
 def test_predictor_gives_the_models_evaluation(entry: table.DetectorEntry, tmp_path: Path) -> None:
     cfg = LazyConfig.load(str(CONFIGS / entry.config))
-    LazyConfig.apply_overrides(cfg, [*tiny_overrides(entry), *SMALL])
+    square = "size" in cfg.dataloader.test.mapper.augmentation
+    small = SQUARE if square else SMALL
+    LazyConfig.apply_overrides(cfg, [*tiny_overrides(entry), *small, "train.device=cpu"])
     torch.manual_seed(0)
     model = instantiate(cfg.model).eval()
     weights = tmp_path / "model_final.pth"
@@ -41,7 +44,7 @@ def test_predictor_gives_the_models_evaluation(entry: table.DetectorEntry, tmp_p
 
     first = torch.from_numpy(images[0]).permute(2, 0, 1)
     resized = predictor.transform({"image": tv_tensors.Image(first)})["image"]
-    assert resized.shape[-2:] == (64, 96)
+    assert resized.shape[-2:] == ((64, 64) if square else (64, 96))
     with torch.no_grad():
         (expected,) = model(
             [{"image": resized.as_subclass(torch.Tensor), "height": 30, "width": 45}]

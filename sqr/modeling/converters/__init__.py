@@ -95,6 +95,12 @@ def convert(state: Mapping[str, Any], fmt: str) -> dict[str, Any]:
     return CONVERTERS[fmt](state)
 
 
+def _is_detectron2_resnet_key(key: str) -> bool:
+    """detectron2's ResNet: ``res2.*`` or its stem convolution ``stem.conv1.weight`` (sqr's
+    PResNet also has a ``stem``, but its convolutions are ``stem.conv1.conv.*``)."""
+    return key.startswith("res2.") or key.startswith("stem.conv1.weight")
+
+
 def detect_format(state: Mapping[str, Any]) -> str | None:
     """Recognise a foreign checkpoint by its key names.
 
@@ -129,7 +135,7 @@ def detect_format(state: Mapping[str, Any]) -> str | None:
             found.append(detrex_deformable_format(state))
         else:
             found.append("detrex_dab_detr")
-    elif any(key.removeprefix("backbone.").startswith(("stem.", "res2.")) for key in state):
+    elif any(_is_detectron2_resnet_key(key.removeprefix("backbone.")) for key in state):
         found.append("detectron2_resnet")
     if any(key.startswith("bbox_head.transformer.") for key in state):
         found.append(mmdet_deformable_format(state))
