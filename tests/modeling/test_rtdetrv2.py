@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from contract.models import CONFIGS
 from helpers import detectors
 
+from sqr.layers.ms_deform_attn_v2 import DeformableAttentionV2
 from sqr.modeling import table
-from sqr.modeling.decoders.rtdetrv2 import DeformableAttentionV2
 from sqr.modeling.denoising import ContrastiveDenoising
 from sqr.modeling.detectors.rtdetrv2 import RTDETRDenoising, RTDETRQuerySelection
 

@@ -31,9 +31,10 @@ from sqr.layers.box_ops import inverse_sigmoid, refine_boxes
 from sqr.layers.init import init_class_prior, init_zero_box_delta
 from sqr.layers.mlp import MLP
 from sqr.layers.ms_deform_attn import resolve_backend
+from sqr.layers.ms_deform_attn_v2 import DeformableAttentionV2
 from sqr.modeling.criterion import PredictionSet, SetCriterion
 from sqr.modeling.decoders.dino import DinoDecoderOutput
-from sqr.modeling.decoders.rtdetrv2 import DeformableAttentionV2, RTDETRv2Decoder
+from sqr.modeling.decoders.rtdetrv2 import RTDETRv2Decoder
 from sqr.modeling.denoising import ContrastiveDenoising, DenoisingQueries
 from sqr.modeling.query_selection import EncoderQuerySelection
 from sqr.modeling.sqr import Recollection, RecollectionSchedule
