@@ -30,6 +30,7 @@ FORMATS = (
     "mmdet_adamixer",
     "mmdet_deformable_detr",
     "mmdet_deformable_detr_refine",
+    "sqr_legacy",
     "torchvision_resnet",
 )
 
