@@ -13,6 +13,7 @@ from helpers.tiny import TINY_DINO
 from sqr.config import LazyConfig, instantiate
 from sqr.modeling.decoders.dino import DinoInputs
 from sqr.modeling.denoising import denoising_losses
+from sqr.modeling.detectors.base import stage_heads
 
 CONFIGS = Path(__file__).resolve().parents[2] / "projects/sqr/configs"
 SQR_CONFIG, BASE_CONFIG = "sqr_dino_r50_4scale_12ep.py", "dino_r50_4scale_12ep.py"
@@ -117,9 +118,10 @@ def test_batched_groups_equal_per_group_oracle(mode: str, recollect_denoising: b
 
     # Losses from the oracle's groups through the same heads and criterion.
     targets = [model._normalised_targets(x) for x in inputs]
-    logits, boxes = model._heads(hidden, refs, schedule.group_stage)
+    heads = model.class_embed, model.bbox_embed
+    logits, boxes = stage_heads(*heads, hidden, refs, schedule.group_stage, model.eps)
     oracle_losses = model.criterion(logits, boxes, targets, schedule.group_stage)
-    logits, boxes = model._heads(dn_hidden, dn_refs, dn_stage)
+    logits, boxes = stage_heads(*heads, dn_hidden, dn_refs, dn_stage, model.eps)
     oracle_losses.update(denoising_losses(model.criterion, logits, boxes, targets, dn_stage, dn))
     assert len(oracle_losses) == 36 and set(oracle_losses) <= set(losses)
     for key in oracle_losses:

@@ -22,7 +22,7 @@ Groups of both lengths are decoded as separate runs against one projection of th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -56,6 +56,36 @@ class DinoDecoderOutput(NamedTuple):
     denoising_hidden: torch.Tensor | None
     denoising_references: torch.Tensor | None
     denoising_group_stage: tuple[int, ...]
+
+    @classmethod
+    def from_stages(
+        cls,
+        stages: Sequence[DecodedStage],
+        num_queries: int,
+        norm: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> DinoDecoderOutput:
+        """Every stage's groups split into matching and denoising queries (a group longer than
+        ``num_queries`` carries denoising ones first), after ``norm`` if given (per query:
+        applied once to a stage's output)."""
+        hidden, references, dn_hidden, dn_references, dn_stage = [], [], [], [], []
+        for stage, decoded in enumerate(stages):
+            output = decoded.output if norm is None else norm(decoded.output)
+            outputs = output.split(decoded.group_sizes, dim=1)
+            for output, ref in zip(outputs, decoded.group_references(), strict=True):
+                extra = output.shape[1] - num_queries  # denoising queries of the group
+                hidden.append(output[:, extra:])
+                references.append(ref[:, extra:])
+                if extra:
+                    dn_hidden.append(output[:, :extra])
+                    dn_references.append(ref[:, :extra])
+                    dn_stage.append(stage)
+        return cls(
+            torch.stack(hidden),
+            torch.stack(references),
+            torch.stack(dn_hidden) if dn_hidden else None,
+            torch.stack(dn_references) if dn_references else None,
+            tuple(dn_stage),
+        )
 
 
 @dataclass(frozen=True)
@@ -174,25 +204,8 @@ class DinoDecoder(DeformableDetrDecoder):
             num_queries,
             denoising_mask,
         )
-        hidden, references, dn_hidden, dn_references, dn_stage = [], [], [], [], []
-        for stage, decoded in enumerate(self.run_schedule(schedule, content, reference, inputs)):
-            # The norm is per query: once on the stage's output, then split into groups.
-            outputs = self.norm(decoded.output).split(decoded.group_sizes, dim=1)
-            for output, ref in zip(outputs, decoded.group_references(), strict=True):
-                extra = output.shape[1] - num_queries  # denoising queries of the group
-                hidden.append(output[:, extra:])
-                references.append(ref[:, extra:])
-                if extra:
-                    dn_hidden.append(output[:, :extra])
-                    dn_references.append(ref[:, :extra])
-                    dn_stage.append(stage)
-        return DinoDecoderOutput(
-            torch.stack(hidden),
-            torch.stack(references),
-            torch.stack(dn_hidden) if dn_hidden else None,
-            torch.stack(dn_references) if dn_references else None,
-            tuple(dn_stage),
-        )
+        stages = self.run_schedule(schedule, content, reference, inputs)
+        return DinoDecoderOutput.from_stages(stages, num_queries, self.norm)
 
     def query_position(self, reference_points: torch.Tensor, inputs: DinoInputs) -> torch.Tensor:
         """``ref_point_head`` of the sine embedding of the scaled reference boxes."""

@@ -199,24 +199,8 @@ class RTDETRv2Decoder(RecollectingDecoder):
             content = torch.cat([denoising_content, content], 1)
             reference = torch.cat([denoising_boxes, reference], 1)
         inputs = RTDETRv2Inputs(memory, spatial_shapes, bbox_embed, num_queries, denoising_mask)
-        hidden, references, dn_hidden, dn_references, dn_stage = [], [], [], [], []
-        for stage, decoded in enumerate(self.run_schedule(schedule, content, reference, inputs)):
-            outputs = decoded.output.split(decoded.group_sizes, dim=1)
-            for output, ref in zip(outputs, decoded.group_references(), strict=True):
-                extra = output.shape[1] - num_queries  # denoising queries of the group
-                hidden.append(output[:, extra:])
-                references.append(ref[:, extra:])
-                if extra:
-                    dn_hidden.append(output[:, :extra])
-                    dn_references.append(ref[:, :extra])
-                    dn_stage.append(stage)
-        return DinoDecoderOutput(
-            torch.stack(hidden),
-            torch.stack(references),
-            torch.stack(dn_hidden) if dn_hidden else None,
-            torch.stack(dn_references) if dn_references else None,
-            tuple(dn_stage),
-        )
+        stages = self.run_schedule(schedule, content, reference, inputs)
+        return DinoDecoderOutput.from_stages(stages, num_queries)
 
     def run_schedule(
         self,

@@ -11,12 +11,13 @@ recollection schedules built from the decoder's depth) and a subclass writes onl
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import groupby
 
 import torch
 from torch import nn
 
 from sqr.data.batching import batch_images
-from sqr.layers.box_ops import box_cxcywh_to_absolute_xyxy, box_xyxy_to_cxcywh
+from sqr.layers.box_ops import box_cxcywh_to_absolute_xyxy, box_xyxy_to_cxcywh, refine_boxes
 from sqr.layers.constants import constant_tensor
 from sqr.modeling.criterion import SetCriterion
 from sqr.modeling.decoders.base import RecollectingDecoder
@@ -260,3 +261,24 @@ class QueryDetector(nn.Module):
         else:
             keep = torch.ones_like(scores, dtype=torch.bool)
         return xyxy, scores, labels, keep
+
+
+def stage_heads(
+    class_heads: Sequence[nn.Module],
+    box_heads: Sequence[nn.Module],
+    hidden: torch.Tensor,
+    references: torch.Tensor,
+    group_stage: Sequence[int],
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [G, B, N, K] and boxes [G, B, N, 4] of groups hidden [G, B, N, C] with
+    references [G, B, N, 4] (sigmoid space): each group goes through the heads of its stage,
+    the box head's delta refining the reference (:func:`~sqr.layers.box_ops.refine_boxes`)."""
+    logits, boxes, start = [], [], 0
+    for stage, run in groupby(group_stage):
+        part = slice(start, start + len(list(run)))
+        start = part.stop
+        logits.append(class_heads[stage](hidden[part]))
+        delta = box_heads[stage](hidden[part])
+        boxes.append(refine_boxes(delta, references[part], eps))
+    return torch.cat(logits), torch.cat(boxes)

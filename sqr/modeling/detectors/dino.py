@@ -14,13 +14,11 @@ mask, keeps the top 300 query-class pairs and drops boxes that clipping empties.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import groupby
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from sqr.layers.box_ops import refine_boxes
 from sqr.layers.init import init_class_prior, init_zero_box_delta, xavier_init_matrices
 from sqr.layers.mlp import MLP
 from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention, set_backend
@@ -32,7 +30,7 @@ from sqr.modeling.neck import ChannelMapper
 from sqr.modeling.query_selection import MixedQuerySelection
 from sqr.modeling.sqr import Recollection, RecollectionSchedule
 
-from .base import QueryDetector
+from .base import QueryDetector, stage_heads
 
 
 class _Decoded(NamedTuple):
@@ -164,8 +162,13 @@ class DINO(QueryDetector):
         if out.denoising is not None:
             decoded = out.decoded
             stages = decoded.denoising_group_stage
-            logits, boxes = self._heads(
-                decoded.denoising_hidden, decoded.denoising_references, stages
+            logits, boxes = stage_heads(
+                self.class_embed,
+                self.bbox_embed,
+                decoded.denoising_hidden,
+                decoded.denoising_references,
+                stages,
+                self.eps,
             )
             sets.append(out.denoising.prediction_set(logits, boxes, targets, stages))
         losses = self.criterion.set_losses(sets, num_boxes)
@@ -221,19 +224,12 @@ class DINO(QueryDetector):
             schedule,
             *dn,
         )
-        logits, boxes = self._heads(decoded.hidden, decoded.references, schedule.group_stage)
+        logits, boxes = stage_heads(
+            self.class_embed,
+            self.bbox_embed,
+            decoded.hidden,
+            decoded.references,
+            schedule.group_stage,
+            self.eps,
+        )
         return _Decoded(logits, boxes, schedule, enc_logits, enc_boxes, decoded, denoising)
-
-    def _heads(
-        self, hidden: torch.Tensor, references: torch.Tensor, group_stage: Sequence[int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits [G, B, N, K] and boxes [G, B, N, 4] of groups hidden [G, B, N, C] with
-        references [G, B, N, 4]; each group goes through the heads of its stage."""
-        logits, boxes, start = [], [], 0
-        for stage, run in groupby(group_stage):
-            part = slice(start, start + len(list(run)))
-            start = part.stop
-            logits.append(self.class_embed[stage](hidden[part]))
-            delta = self.bbox_embed[stage](hidden[part])
-            boxes.append(refine_boxes(delta, references[part], self.eps))
-        return torch.cat(logits), torch.cat(boxes)
