@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -56,12 +57,27 @@ def _loadable(paths: list[Path]) -> list:
     ]
 
 
+def _model_fragment(recipe: str) -> str:
+    """The models/ file a recipe's model comes from, following ``from .X import model`` through
+    the recipes it builds on to ``from .models.Y import model``."""
+    text = (REPO / "projects/sqr/configs" / recipe).read_text()
+    found = re.search(r"^from \.(models\.)?(\w+) import [^\n]*\bmodel\b", text, re.M)
+    assert found, f"{recipe} imports no model"
+    if found.group(1):
+        return f"models/{found.group(2)}.py"
+    return _model_fragment(f"{found.group(2)}.py")
+
+
 # Overrides that shrink a model so that building it is cheap (keyed by path under the repo): each
-# table entry's for its recipes and its family's model fragment (models/<family>_r50.py).
+# table entry's for its recipes and the model fragment its baseline recipe imports.
 TINY_OVERRIDES: dict[str, list[str]] = {
     f"projects/sqr/configs/{name}": list(entry.tiny)
     for entry in table.DETECTORS
-    for name in (entry.config, entry.baseline_config, f"models/{entry.family}_r50.py")
+    for name in (
+        entry.config,
+        entry.baseline_config,
+        _model_fragment(entry.baseline_config),
+    )
 }
 # The released weights' configs evaluate a Deformable-DETR recipe's model.
 TINY_OVERRIDES.update(
