@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from sqr.layers.box_ops import inverse_sigmoid
+from sqr.layers.constants import constant_tensor
 from sqr.layers.init import init_class_prior, init_zero_box_delta
 from sqr.layers.mlp import MLP
 from sqr.layers.ms_deform_attn import resolve_backend
@@ -130,7 +131,8 @@ class RTDETRDenoising(ContrastiveDenoising):
             return None
         boxes = queries.boxes
         slot = torch.arange(boxes.shape[1], device=boxes.device) % (queries.group_size // 2)
-        counts = torch.tensor(queries.num_targets, device=boxes.device)
+        # Host counts copied without blocking the host (a plain torch.tensor(..., device) would).
+        counts = constant_tensor(slot, list(queries.num_targets))
         filled = slot[None] < counts[:, None]  # [B, P]
         empty = inverse_sigmoid(boxes.new_zeros(()), self.eps).sigmoid()
         return replace(queries, boxes=torch.where(filled[..., None], boxes, empty))

@@ -21,7 +21,6 @@ always computed from the feature size, which gives the same values.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -265,10 +264,20 @@ class HybridEncoder(nn.Module):
 
         self.input_proj = nn.ModuleList(ConvNormAct(c, hidden_dim, 1) for c in in_channels)
         # The official model deep-copies one layer everywhere, so every AIFI layer starts from
-        # the same weights; kept for the same initialisation under a seed.
-        layer = AIFILayer(hidden_dim, num_heads, dim_feedforward, dropout, encoder_activation)
+        # the same weights; kept for the same initialisation under a seed. Each copy is built
+        # with the random state put back afterwards and given the first layer's state, which is
+        # what deepcopy gives (deepcopy does not work under FakeTensorMode).
+        args = (hidden_dim, num_heads, dim_feedforward, dropout, encoder_activation)
+        layer = AIFILayer(*args)
+
+        def copy_of_layer() -> AIFILayer:
+            with torch.random.fork_rng(devices=[]):
+                clone = AIFILayer(*args)
+            clone.load_state_dict(layer.state_dict())
+            return clone
+
         self.aifi = nn.ModuleList(
-            nn.ModuleList(copy.deepcopy(layer) for _ in range(num_encoder_layers))
+            nn.ModuleList(copy_of_layer() for _ in range(num_encoder_layers))
             for _ in self.use_encoder_idx
         )
         num_blocks = round(3 * depth_mult)
