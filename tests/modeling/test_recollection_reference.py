@@ -4,8 +4,10 @@ recollection runner.
 The reference (``data/recollection_reference.json``) was written by
 ``tests/helpers/recollection_reference.py`` from the decoders as they were, and rewritten by the
 same script from later commits that matched it bit for bit (7908e67, then 87f3846 to add the
-norms and the machine). Float results depend on the machine as well as on the code: vectorised
-reductions round differently across instruction sets and thread counts. So the fingerprints are
+norms and the machine); AdaMixer's gradient names there say ``decoder.layers.N`` since its
+stages were renamed so (the values are untouched). Float results depend on the machine as well
+as on the code: vectorised reductions round differently across instruction sets and thread
+counts. So the fingerprints are
 computed with a fixed thread count whatever ``OMP_NUM_THREADS`` says, and two tests share them:
 
 * on the machine that wrote the reference (same torch, same CPU instruction set), losses,
