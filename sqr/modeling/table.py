@@ -99,6 +99,10 @@ class DetectorEntry:
         formats: keys of :data:`sqr.modeling.converters.CONVERTERS` whose checkpoints convert
             to the whole detector (backbone-only formats: :data:`BACKBONE_FORMATS`).
         native_modules: the top-level modules of its ``state_dict``.
+        batch_statistics: its training features of an image depend on the rest of the batch
+            (BatchNorm in training after the backbone, as in RT-DETRv2's HybridEncoder), so
+            two ranks with one image each cannot reproduce one process's gradients on both:
+            multi-process checks then ask only that the ranks step together.
     """
 
     name: str
@@ -108,6 +112,7 @@ class DetectorEntry:
     native_modules: frozenset[str]
     no_dropout: tuple[str, ...] = ()
     formats: tuple[str, ...] = ()
+    batch_statistics: bool = False
 
     @property
     def baseline_config(self) -> str:
@@ -190,6 +195,7 @@ DETECTORS: tuple[DetectorEntry, ...] = (
             {"backbone", "encoder", "input_proj", "query_selection", "decoder", "denoising"}
             | {"class_embed", "bbox_embed"}
         ),
+        batch_statistics=True,
     ),
 )
 

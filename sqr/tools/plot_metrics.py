@@ -86,7 +86,9 @@ def groups_per_stage(output_dir: str) -> tuple[int, ...]:
     from sqr.config import LazyConfig, instantiate
 
     cfg = LazyConfig.load(os.path.join(output_dir, "config.yaml"))
-    return instantiate(cfg.model.recollection).groups_per_stage
+    # The schedule is the recollection setting at the decoder's depth (as the detector builds it).
+    schedule = instantiate(cfg.model.recollection).schedule(cfg.model.decoder.num_stages)
+    return schedule.groups_per_stage
 
 
 def plot(runs: dict[str, Series], path: str, groups: dict[str, tuple[int, ...]] | None) -> None:

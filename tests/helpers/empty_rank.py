@@ -11,11 +11,13 @@ from torch import nn
 
 from helpers.detectors import NO_OBJECT, TWO_OBJECTS, build_detector, detection_batch
 from helpers.recollection_reference import CONFIGS
+from sqr.config import LazyConfig
 from sqr.modeling import table
 
 # Per-image features must not depend on the batch: frozen BN statistics, no dropout (each rank
 # draws its own masks), and both images of one size (no padding that only the batch adds).
-_FROZEN = ["model.backbone.norm=FrozenBN"]
+# (PResNet backbones freeze their norms with a flag of their own).
+_FROZEN = {"norm": "model.backbone.norm=FrozenBN", "freeze_norm": "model.backbone.freeze_norm=True"}
 
 #: name -> (config, overrides): every detector of the table, SQR and baseline.
 CASES: dict[str, tuple[str, list[str]]] = {
@@ -33,7 +35,9 @@ def images() -> list[dict]:
 
 def build(name: str) -> nn.Module:
     config, overrides = CASES[name]
-    return build_detector(CONFIGS / config, [*overrides, *_FROZEN]).train()
+    backbone = LazyConfig.load(str(CONFIGS / config)).model.backbone
+    frozen = [override for key, override in _FROZEN.items() if key in backbone]
+    return build_detector(CONFIGS / config, [*overrides, *frozen]).train()
 
 
 def train_steps(model: nn.Module, inputs: list[dict]) -> list[dict[str, torch.Tensor]]:

@@ -4,6 +4,7 @@ failure reporting, time limits and input errors."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from sqr.modeling import table
+from sqr.modeling.sqr import RecollectionSchedule
 from sqr.tools import _device_checks as checks
 from sqr.tools import _step_timing as timing
 from sqr.tools import gpu_check
@@ -48,8 +50,11 @@ def test_dry_run_writes_a_passing_report(tmp_path: Path) -> None:
         # Four checks per detector: eval, chain, checkpointed losses and gradients.
         assert f"| {name} | " in equivalence and equivalence.count(f"| {name} |") == 1
         assert equivalence.split(f"| {name} |")[1].split("\n")[0].count("PASS") == 4, name
-        assert f"| {name} | baseline | 6 | fp32 |" in steps, name
-        assert f"| {name} | sqr | 32 | fp32 |" in steps, name
+        # The baseline decodes one group per stage; SQR the selective schedule of that depth.
+        stages = re.search(rf"\| {re.escape(name)} \| baseline \| (\d+) \| fp32 \|", steps)
+        assert stages, name
+        groups = RecollectionSchedule(int(stages.group(1)), "selective").num_groups
+        assert f"| {name} | sqr | {groups} | fp32 |" in steps, name
     # Off CUDA: the PyTorch path alone, fp32 alone, no sync counts; all said in the report.
     assert "takes **pytorch** here" in report
     assert "| 10 | pytorch |" in report and "(encoder) | pytorch |" in report
