@@ -176,9 +176,8 @@ def test_prediction_set_assigns_each_positive_copy_its_target() -> None:
     )
 
     assert (prediction_set.suffix, prediction_set.num_boxes_factor) == ("_dn_s{stage}", 2)
-    assert all(
-        torch.equal(a, b) for a, b in zip(prediction_set.pairs, queries.pairs(2), strict=True)
-    )
+    for got, expected in zip(prediction_set.pairs, queries.pairs(2), strict=True):
+        assert torch.equal(got, expected)
     assert sorted(losses) == sorted(
         f"loss_{n}_dn_s{s}" for n in ("class", "bbox", "giou") for s in (0, 2)
     )

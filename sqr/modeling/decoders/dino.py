@@ -88,6 +88,23 @@ class DinoDecoderOutput(NamedTuple):
         )
 
 
+def with_denoising(
+    content: torch.Tensor,
+    reference: torch.Tensor,
+    denoising_content: torch.Tensor | None,
+    denoising_boxes: torch.Tensor | None,
+    denoising_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chain group's initial queries: ``[denoising ; matching]`` when denoising queries are
+    given (content [B, P, C], boxes [B, P, 4] and their mask, all three or none)."""
+    given = [x is not None for x in (denoising_content, denoising_boxes, denoising_mask)]
+    if any(given) and not all(given):
+        raise ValueError("give the denoising queries' content, boxes and mask, or none")
+    if denoising_content is None:
+        return content, reference
+    return torch.cat([denoising_content, content], 1), torch.cat([denoising_boxes, reference], 1)
+
+
 @dataclass(frozen=True)
 class DinoInputs(DeformableInputs):
     """:class:`DeformableInputs` plus what the denoising queries need.
@@ -187,12 +204,9 @@ class DinoDecoder(DeformableDetrDecoder):
             raise ValueError("the DINO decoder refines its references: give the box heads")
         self._check_box_heads(bbox_embed)
         num_queries = content.shape[1]
-        given = [x is not None for x in (denoising_content, denoising_boxes, denoising_mask)]
-        if any(given) and not all(given):
-            raise ValueError("give the denoising queries' content, boxes and mask, or none")
-        if denoising_content is not None:
-            content = torch.cat([denoising_content, content], 1)
-            reference = torch.cat([denoising_boxes, reference], 1)
+        content, reference = with_denoising(
+            content, reference, denoising_content, denoising_boxes, denoising_mask
+        )
         inputs = DinoInputs(
             memory,
             padding_mask,

@@ -41,7 +41,7 @@ from sqr.modeling.sqr import (
 
 from .base import RecollectingDecoder
 from .deformable import DeformableDecoderLayer
-from .dino import DinoDecoderOutput
+from .dino import DinoDecoderOutput, with_denoising
 
 
 class RTDETRv2DecoderLayer(DeformableDecoderLayer):
@@ -192,12 +192,9 @@ class RTDETRv2Decoder(RecollectingDecoder):
         if len(bbox_embed) != self.num_stages:
             raise ValueError(f"{len(bbox_embed)} box heads for {self.num_stages} decoder stages")
         num_queries = content.shape[1]
-        given = [x is not None for x in (denoising_content, denoising_boxes, denoising_mask)]
-        if any(given) and not all(given):
-            raise ValueError("give the denoising queries' content, boxes and mask, or none")
-        if denoising_content is not None:
-            content = torch.cat([denoising_content, content], 1)
-            reference = torch.cat([denoising_boxes, reference], 1)
+        content, reference = with_denoising(
+            content, reference, denoising_content, denoising_boxes, denoising_mask
+        )
         inputs = RTDETRv2Inputs(memory, spatial_shapes, bbox_embed, num_queries, denoising_mask)
         stages = self.run_schedule(schedule, content, reference, inputs)
         return DinoDecoderOutput.from_stages(stages, num_queries)
