@@ -229,6 +229,37 @@ def sqr_equivalence(sqr: nn.Module, plain: nn.Module, batch: list[dict]) -> dict
     return result
 
 
+# ---------------------------------------------------------------------------- inference latency
+
+
+def latency_rows(
+    model: nn.Module,
+    size: int,
+    batch_sizes: Sequence[int],
+    precisions: Sequence[str],
+    device: str,
+    iters: int,
+    warmup: int,
+) -> list[list]:
+    """Eager inference latency (:func:`sqr.export.benchmark.eager_latency`: backbone to top-k,
+    synchronised on CUDA) of ``model`` on ``size x size`` images, per precision ("fp32", or
+    "fp16": float16 autocast) and batch size.
+
+    Returns:
+        Rows [precision, batch, ms per image, images per second].
+    """
+    from sqr.export.benchmark import eager_latency
+
+    rows = []
+    for precision in precisions:
+        figures = eager_latency(
+            model, size, size, batch_sizes, iters=iters, warmup=warmup, device=device,
+            fp16=precision == "fp16",
+        )  # fmt: skip
+        rows += [[precision, b, ms, 1e3 / ms] for b, ms in zip(batch_sizes, figures, strict=True)]
+    return rows
+
+
 # ---------------------------------------------------------------------------- child processes
 
 

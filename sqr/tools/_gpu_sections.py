@@ -336,6 +336,46 @@ def section_loader(ctx: Context) -> None:
     report.table(["workers", "images/s"], rows)
 
 
+#: RT-DETRv2's evaluation size (its square test resize) and batch sizes: the real-time figures.
+LATENCY_SIZE, LATENCY_BATCHES = 640, (1, 8)
+
+
+def section_latency(ctx: Context) -> None:
+    args, report = ctx.args, ctx.report
+    found = [(d, p) for d, p in ctx.detectors if d.family == "rtdetrv2"]
+    if not found:
+        report.skipped.append("latency: the table has no RT-DETRv2 entry")
+        return
+    detector, path = found[0]
+    cuda = args.device == "cuda"
+    size, batches = (64, (1, 2)) if args.tiny else (LATENCY_SIZE, LATENCY_BATCHES)
+    iters, warmup = (1, 0) if args.tiny else (20, 5)
+    precisions = ["fp32", "fp16"] if cuda else ["fp32"]
+    if not cuda:
+        report.skipped.append("latency: fp16 autocast (not on CUDA)")
+    report.add(
+        f"{detector.name} (its baseline: SQR evaluates the same graph), eager PyTorch in eval "
+        f"mode under `torch.no_grad()`, {size}x{size} normalised images already on the device, "
+        "backbone to top-k boxes (`DeployableDetector`, as exported); median of "
+        f"{iters} runs after {warmup}, on CUDA each between two `torch.cuda.synchronize()`. "
+        "fp16: `torch.autocast(dtype=float16)` over float32 weights. Random weights.",
+        "",
+    )
+    rows, name = [], detector.name
+    if not ctx.out_of_time(f"latency: {name}"):
+        try:
+            model = checks.build_model(path, ctx.overrides(detector, table.BASELINE), args.device)
+            timed = checks.latency_rows(
+                model, size, batches, precisions, args.device, iters, warmup
+            )
+            rows = [[name, *row] for row in timed]
+            del model
+        except Exception as e:  # reported; the next section still runs
+            rows.append([name, "-", "-", report.error(f"latency, {name}", e), "-"])
+        free_memory(args.device)
+    report.table(["detector", "precision", "batch", "ms per image", "images/s"], rows)
+
+
 def section_benchmark(ctx: Context) -> None:
     args, report = ctx.args, ctx.report
     iters, warmup = (1, 0) if args.tiny else (2, 1)
@@ -381,10 +421,11 @@ def section_benchmark(ctx: Context) -> None:
 SECTIONS = {
     "msda": ("Deformable attention alone: Triton vs PyTorch", section_msda, 0.05),
     "equivalence": ("SQR equivalence", section_equivalence, 0.12),
-    "train_step": ("Training steps per precision", section_train_step, 0.33),
+    "train_step": ("Training steps per precision", section_train_step, 0.31),
     "large": ("Large batch", section_large, 0.1),
     "ddp": ("One-rank DDP step", section_ddp, 0.04),
     "compile": ("torch.compile", section_compile, 0.1),
     "loader": ("Loader throughput", section_loader, 0.04),
+    "latency": ("Inference latency (RT-DETRv2)", section_latency, 0.02),
     "benchmark": ("tools/benchmark.py --compare-sqr", section_benchmark, 0.22),
 }

@@ -25,6 +25,13 @@ mean 7.4, median 4, p90 20, 1% of images 50-90, stratified over the batch; see
 given) and ``sqr+ckpt`` (``model.decoder.checkpoint_recollected=True``), prints their ratios to the
 baseline and the bound ``1 + (G_total - S) / S * d``: one extra decoder-layer pass per extra group.
 
+``--inference`` measures inference latency instead (:mod:`sqr.export.benchmark`): eager PyTorch
+and, on CPU, the exported ONNX graph in onnxruntime, ms per image per ``--batch-sizes``, at the
+recipe's evaluation size unless ``--height``/``--width`` are given:
+
+    python tools/benchmark.py --inference --config-file rtdetrv2_r18vd_120e.py \
+        --batch-sizes 1 8 --threads 2 --json latency.json
+
 ``--keep-freed-memory`` (CPU) has each child keep freed memory for reuse
 (:func:`sqr.utils.env.keep_freed_memory`: glibc's ``mallopt`` with what ``MALLOC_MMAP_MAX_=0`` and
 a huge ``MALLOC_TRIM_THRESHOLD_`` set). By default glibc serves every block over 32 MB with a
@@ -83,9 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--compare-sqr", action="store_true", help="baseline vs sqr vs sqr+ckpt")
+    parser.add_argument(
+        "--inference", action="store_true", help="inference latency, eager vs onnxruntime"
+    )
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--height", type=int, default=512)
-    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=None, help="--inference: 1 4 by default"
+    )
+    parser.add_argument(
+        "--height", type=int, default=None, help="512 (--inference: the recipe's eval size)"
+    )
+    parser.add_argument(
+        "--width", type=int, default=None, help="640 (--inference: the recipe's eval size)"
+    )
     parser.add_argument("--iters", type=int, default=10, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -311,6 +328,7 @@ def validate(args: argparse.Namespace) -> dict[str, list[str]]:
 
     from sqr.engine import resolve_config_file
 
+    _inference_flags(args)
     for flag, value, low in (
         ("--batch-size", args.batch_size, 1),
         ("--height", args.height, 32),  # the usual backbone stride: at least one feature pixel
@@ -352,6 +370,50 @@ def validate(args: argparse.Namespace) -> dict[str, list[str]]:
             "model.recollection.mode='none' (that is the baseline); use e.g. mode=selective"
         )
     return variants
+
+
+def _inference_flags(args: argparse.Namespace) -> None:
+    """Check the flags that differ between ``--inference`` and the training benchmark, and fill
+    in the training benchmark's image size (``--inference`` reads the recipe's later)."""
+    if args.inference:
+        if args.compare_sqr:
+            raise BenchmarkError("--inference and --compare-sqr: choose one")
+        if (args.height is None) != (args.width is None):
+            raise BenchmarkError("--inference: give both --height and --width, or neither")
+        args.batch_sizes = args.batch_sizes or [1, 4]
+        for size in args.batch_sizes:
+            if size < 1:
+                raise BenchmarkError(f"--batch-sizes must be >= 1, got {size}")
+        return
+    if args.batch_sizes is not None:
+        raise BenchmarkError("--batch-sizes is for --inference (training: --batch-size)")
+    args.height = 512 if args.height is None else args.height
+    args.width = 640 if args.width is None else args.width
+
+
+def run_inference(args: argparse.Namespace) -> int:
+    """``--inference``: :func:`sqr.export.benchmark.run` with the validated arguments."""
+    from sqr.export import benchmark as inference
+
+    try:
+        data = inference.run(
+            args.config_file,
+            args.opts,
+            height=args.height,
+            width=args.width,
+            batch_sizes=args.batch_sizes,
+            iters=args.iters,
+            warmup=args.warmup,
+            threads=args.threads,
+            device=args.device,
+        )
+    except ValueError as e:  # the config's test transform has no size to read
+        print(f"benchmark: error: --config-file {args.config_file}: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        write_json(args.json, data, indent=2)
+        print(f"wrote {args.json}")
+    return 0
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
@@ -429,6 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchmarkError as e:
         print(f"benchmark: error: {e}", file=sys.stderr)
         return 2
+    if args.inference:
+        return run_inference(args)
     threads = args.threads if args.threads is not None else f"default ({torch.get_num_threads()})"
     print(
         f"config {args.config_file} | overrides {args.opts} | device {args.device} | threads "

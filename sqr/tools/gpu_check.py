@@ -27,6 +27,8 @@ Sections, in this order, each with its share of ``--budget-s``:
   the first step (tracing and compiling) and the steps after it.
 * ``loader``: images per second of the training loader with the recipes' mapper and
   augmentation, on synthetic JPEGs.
+* ``latency``: RT-DETRv2's eager inference latency at 640x640, batch 1 and 8, fp32 and fp16
+  autocast, synchronised around each run (:func:`sqr.export.benchmark.eager_latency`).
 * ``benchmark``: ``tools/benchmark.py --compare-sqr`` per detector in a child process, killed
   with its own children at the section's limit.
 
@@ -39,7 +41,8 @@ The detectors are those of :mod:`sqr.modeling.table`, each from its SQR config, 
 that with ``model.recollection.mode=none``; the synthetic batches have COCO-like box counts
 (:mod:`sqr.tools._workload`). ``--tiny`` shrinks models (as the tests do) and sizes, and
 ``--device cpu --tiny`` is the dry run CI runs: off CUDA the Triton path, TF32, half precision
-and the sync counts are skipped (and listed), and the benchmark runs for the first detector only.
+and the sync counts are skipped (and listed), the benchmark runs for the first detector only,
+and the latency section takes 64x64 images, batch 1 and 2.
 
 Exit status: 0 when every check that ran passed, 1 when one failed or raised, 2 on bad input.
 """

@@ -200,13 +200,3 @@ def test_postprocess_boxes_in_each_images_own_size() -> None:
         xyxy[:, 0], torch.tensor([[5.0, 2.5, 15.0, 7.5], [10, 7.5, 30, 22.5]])
     )
     assert keep.all()
-
-
-def test_inference_benchmark_times_both_runtimes() -> None:
-    from sqr.export.benchmark import inference_latency
-
-    config, tiny, _ = DETECTORS["dab_detr"]
-    model = build_detector(CONFIGS / config, tiny)
-    rows = inference_latency(model, 32, 32, (1, 2), iters=1, warmup=0, threads=1)
-    assert [row["batch"] for row in rows] == [1, 2]
-    assert all(row["eager_ms"] > 0 and row["onnxruntime_ms"] > 0 for row in rows)

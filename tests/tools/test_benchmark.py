@@ -198,3 +198,42 @@ def test_host_matching_timer_times_the_real_matcher() -> None:
         HungarianMatcher()(logits, boxes * 0.5 + 0.25, targets)
         seconds, solves = timer.take()
     assert solves == 4 and seconds > 0  # 2 groups x the 2 images with targets
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--inference", "--compare-sqr"], "--compare-sqr"),
+        (["--inference", "--height", "64"], "--width"),
+        (["--inference", "--batch-sizes", "1", "0"], "--batch-sizes must be >= 1, got 0"),
+        (["--batch-sizes", "1"], "--batch-sizes is for --inference"),
+    ],
+)
+def test_inference_flags_fail_naming_them(bench: ModuleType, capsys, argv, named) -> None:
+    assert bench.main(["--config-file", SQR_CONFIG, *argv]) == 2
+    assert named in capsys.readouterr().err
+
+
+def test_training_benchmark_keeps_its_default_size(bench: ModuleType) -> None:
+    # --height/--width default to the recipe's eval size only for --inference.
+    args = bench.build_parser().parse_args(["--config-file", SQR_CONFIG])
+    assert bench.validate(args) == {"config": []}
+    assert (args.height, args.width, args.batch_sizes) == (512, 640, None)
+    args = bench.build_parser().parse_args(["--config-file", SQR_CONFIG, "--inference"])
+    bench.validate(args)
+    assert (args.height, args.width, args.batch_sizes) == (None, None, [1, 4])
+
+
+def test_inference_without_a_readable_eval_size_fails_naming_the_config(
+    bench: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from sqr.export import benchmark as inference
+
+    def unreadable(cfg, size_divisibility=1):
+        raise ValueError("dataloader.test.mapper.augmentation (Foo) sets neither `size`")
+
+    monkeypatch.setattr(inference, "eval_size", unreadable)
+    argv = ["--inference", "--config-file", BASELINE_CONFIG, *TINY_DAB_DETR]
+    assert bench.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "dab_detr_r50_50ep.py" in err and "sets neither `size`" in err

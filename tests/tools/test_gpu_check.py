@@ -14,6 +14,7 @@ import torch
 from sqr.modeling import table
 from sqr.modeling.sqr import RecollectionSchedule
 from sqr.tools import _device_checks as checks
+from sqr.tools import _gpu_sections as gpu_sections
 from sqr.tools import _step_timing as timing
 from sqr.tools import gpu_check
 
@@ -222,3 +223,62 @@ def test_every_precision_steps_and_times(precision: str) -> None:
     assert times.forward_ms > 0 and times.backward_ms > 0 and times.host_match_ms == 0.0
     assert times.step_ms == times.forward_ms + times.backward_ms
     assert times.peak_mb is None and times.loss > 0  # no CUDA memory off CUDA
+
+
+def test_latency_dry_run_times_rtdetrv2(tmp_path: Path) -> None:
+    out = tmp_path / "report.md"
+    assert gpu_check.main([*DRY_RUN, "--sections", "latency", "--output", str(out)]) == 0
+    report = out.read_text()
+    latency = section(report, "Inference latency (RT-DETRv2)")
+    assert "64x64 normalised images" in latency
+    rows = json.loads(out.with_suffix(".json").read_text())["sections"]["latency"]
+    assert [(r["detector"], r["precision"], r["batch"]) for r in rows] == [
+        ("RT-DETRv2-S R18vd", "fp32", 1),
+        ("RT-DETRv2-S R18vd", "fp32", 2),
+    ]
+    for row in rows:
+        assert row["ms per image"] > 0
+        assert row["images/s"] == pytest.approx(1e3 / row["ms per image"])
+        assert f"| {row['detector']} | fp32 | {row['batch']} |" in latency
+    assert "- latency: fp16 autocast (not on CUDA)" in report.split("## Skipped")[1]
+
+
+def test_latency_on_cuda_times_fp32_and_fp16_at_640(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the GPU run asks for, without a GPU: RT-DETRv2's baseline at 640x640, batch 1 and 8,
+    # fp32 and fp16 autocast, on CUDA, full size.
+    asked = {}
+
+    def build(path, overrides, device):
+        asked["build"] = (path, list(overrides), device)
+        return "model"
+
+    def rows(model, size, batches, precisions, device, iters, warmup):
+        asked["rows"] = (model, size, tuple(batches), list(precisions), device, iters, warmup)
+        return [[p, b, 2.0, 500.0] for p in precisions for b in batches]
+
+    monkeypatch.setattr(checks, "build_model", build)
+    monkeypatch.setattr(checks, "latency_rows", rows)
+    monkeypatch.setattr(gpu_sections, "free_memory", lambda device: None)
+    args = gpu_check.build_parser().parse_args(["--device", "cpu"])
+    gpu_check.validate(args)
+    args.device = "cuda"
+    ctx = gpu_check.Context(args, gpu_check.Report(), gpu_check.table_detectors())
+    ctx.report.section = "latency"
+    gpu_sections.section_latency(ctx)
+    detector = next(d for d in table.DETECTORS if d.family == "rtdetrv2")
+    path, overrides, device = asked["build"]
+    assert path.endswith(detector.config) and device == "cuda"
+    assert overrides == [table.BASELINE]  # full size: no tiny overrides
+    assert asked["rows"] == ("model", 640, (1, 8), ["fp32", "fp16"], "cuda", 20, 5)
+    recorded = [(r["precision"], r["batch"]) for r in ctx.report.data["latency"]]
+    assert recorded == [("fp32", 1), ("fp32", 8), ("fp16", 1), ("fp16", 8)]
+    assert ctx.report.skipped == [] and ctx.report.failures == []
+
+
+def test_latency_without_rtdetrv2_is_skipped_and_listed() -> None:
+    args = gpu_check.build_parser().parse_args(DRY_RUN)
+    gpu_check.validate(args)
+    others = [(d, p) for d, p in gpu_check.table_detectors() if d.family != "rtdetrv2"]
+    ctx = gpu_check.Context(args, gpu_check.Report(), others)
+    gpu_sections.section_latency(ctx)
+    assert ctx.report.skipped == ["latency: the table has no RT-DETRv2 entry"]
