@@ -10,12 +10,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from sqr.data.samplers import InferenceSampler, TrainingBatchSampler, derive_seed
 
 __all__ = [
     "MapDataset",
+    "epoch_aware_parts",
     "trivial_batch_collator",
     "worker_init_fn",
     "build_detection_train_loader",
@@ -54,8 +56,36 @@ class SerializedList(Sequence):
         return pickle.loads(self._buffer[start : int(self._ends[index])].tobytes())
 
 
+def epoch_aware_parts(mapper: Any) -> list[Any]:
+    """The objects in a mapper that have a ``set_epoch(epoch)`` method, each once.
+
+    Walked: the mapper, its ``augmentation`` attribute (the mappers' convention, e.g.
+    :class:`~sqr.data.mapper.DetrDatasetMapper`), ``nn.Module`` children, and the ``transforms``
+    lists of v2 containers (``Compose``, ``RandomChoice``), which ``nn.Module.modules()`` does
+    not see.
+
+    Args:
+        mapper: A dataset mapper.
+
+    Returns:
+        The objects found, e.g. :class:`~sqr.data.rtdetr.UntilEpoch` gates.
+    """
+    found: dict[int, Any] = {}
+    stack = [mapper]
+    while stack:
+        item = stack.pop()
+        if item is None or id(item) in found:
+            continue
+        found[id(item)] = item
+        if isinstance(item, nn.Module):
+            stack.extend(item.children())
+        stack.extend(getattr(item, "transforms", None) or [])
+        stack.append(getattr(item, "augmentation", None))
+    return [item for item in found.values() if callable(getattr(item, "set_epoch", None))]
+
+
 class MapDataset(Dataset):
-    """Apply a mapper to a list of records, optionally under a per-sample seed.
+    """Apply a mapper to a list of records, optionally under a per-sample seed and epoch.
 
     ``dataset[i]`` maps record ``i`` using whatever RNG state the process has.
     ``dataset[(i, seed)]`` maps record ``i`` with torch's CPU RNG, Python's ``random`` and
@@ -63,6 +93,14 @@ class MapDataset(Dataset):
     :class:`~sqr.data.samplers.TrainingBatchSampler` derives ``seed`` from the global sample
     position, augmentation is then independent of which worker (or how many workers) handled
     the sample.
+
+    ``dataset[(i, seed, epoch)]`` (a :class:`~sqr.data.samplers.SampleKey`, what the training
+    sampler yields) also tells the mapper's :func:`epoch_aware_parts` the epoch before mapping,
+    and records it in a dict output as ``"epoch"`` (where a batch collate such as
+    :class:`~sqr.data.rtdetr.MultiScaleCollate` reads it). Both happen in the process that
+    maps the sample, a loader worker or the main process alike: the epoch travels with the
+    sample, so the workers' copies of the mapper need no message from the trainer, and a
+    resumed sampler's first samples carry the resumed epoch.
 
     Args:
         records: Dataset records (stored serialised, see :class:`SerializedList`).
@@ -72,6 +110,9 @@ class MapDataset(Dataset):
     def __init__(self, records: list[dict[str, Any]], mapper: Callable[[dict[str, Any]], Any]):
         self.records = SerializedList(records)
         self.mapper = mapper
+        # Found once; the list is pickled with the mapper into each worker, and refers to the
+        # worker's own copies.
+        self._epoch_aware = epoch_aware_parts(mapper)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -94,21 +135,31 @@ class MapDataset(Dataset):
                 random.setstate(py_state)
                 np.random.set_state(np_state)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+    def __getitem__(self, key: int | tuple[int, int] | tuple[int, int, int]) -> Any:
         """Map one record.
 
         Args:
-            key: A record index, or ``(index, sample_seed)``.
+            key: A record index, ``(index, sample_seed)`` or ``(index, sample_seed, epoch)``.
 
         Returns:
-            The mapper's output.
+            The mapper's output; with an epoch, a dict output has ``"epoch"`` added.
         """
-        if isinstance(key, tuple):
-            if len(key) != 2:
-                raise KeyError(f"MapDataset key must be an index or (index, seed), got {key!r}")
-            index, seed = key
-            return self._map_seeded(self.records[int(index)], int(seed))
-        return self.mapper(self.records[int(key)])
+        if not isinstance(key, tuple):
+            return self.mapper(self.records[int(key)])
+        if len(key) not in (2, 3):
+            raise KeyError(
+                f"MapDataset key must be an index, (index, seed) or (index, seed, epoch), got "
+                f"{key!r}"
+            )
+        index, seed, *epoch = (int(k) for k in key)
+        if not epoch:
+            return self._map_seeded(self.records[index], seed)
+        for part in self._epoch_aware:
+            part.set_epoch(epoch[0])
+        out = self._map_seeded(self.records[index], seed)
+        if isinstance(out, dict):
+            out["epoch"] = epoch[0]
+        return out
 
 
 def trivial_batch_collator(batch: list[Any]) -> list[Any]:

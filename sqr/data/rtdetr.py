@@ -9,11 +9,11 @@ Training, per image (``torchvision.transforms.v2`` ops, in RT-DETR's order and p
 
 The first three ("strong") ops run only while the epoch is below ``stop_epoch``
 (:class:`UntilEpoch`); the batch collate (:class:`MultiScaleCollate`) resizes every image of a
-batch to one size drawn from RT-DETR's scale list, also only before ``stop_epoch``. Both learn
-the epoch through ``set_epoch(epoch)`` (:func:`set_loader_epoch` calls it on a loader's
-transform and collate); the epoch of an iteration is :func:`epoch_at_iteration`. That reaches
-in-process loading only: persistent loader workers keep the epoch their copies were made with
-(RT-DETR re-creates its workers every epoch; here the infinite loader never does).
+batch to one size drawn from RT-DETR's scale list, also only before ``stop_epoch``. The epoch
+travels with the samples: :class:`~sqr.data.samplers.TrainingBatchSampler` gives each the epoch
+of its iteration, :class:`~sqr.data.build.MapDataset` tells the :class:`UntilEpoch` gates of the
+mapper before mapping it and records it in the sample, and the collate reads it there. So the
+policy follows the epoch in loader workers as in the main process, and after a resume.
 
 Images stay uint8 and boxes absolute XYXY, as the mapper gives them; RT-DETR's last two ops
 (scale pixels to [0, 1], boxes to normalised cxcywh) are the model's ``pixel_mean``/``pixel_std``
@@ -41,10 +41,8 @@ __all__ = [
     "MultiScaleCollate",
     "RandomApplyIoUCrop",
     "UntilEpoch",
-    "epoch_at_iteration",
     "rtdetr_test_augmentation",
     "rtdetr_train_augmentation",
-    "set_loader_epoch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,7 +81,8 @@ class UntilEpoch(nn.Module):
     """Run ``transform`` while the epoch is below ``stop_epoch``; pass samples through after.
 
     RT-DETR's ``stop_epoch`` policy: epochs ``[stop_epoch, ...)`` train without the strong
-    augmentation. The epoch starts at 0 and is set with :meth:`set_epoch`.
+    augmentation. The epoch starts at 0 and is set with :meth:`set_epoch`, which
+    :class:`~sqr.data.build.MapDataset` calls with each training sample's epoch.
 
     Args:
         transform: The transform to stop.
@@ -171,6 +170,9 @@ class MultiScaleCollate:
     """Resize all images of a batch to one square size drawn from ``scales``, before
     ``stop_epoch``; the batch unchanged (its ``base_size`` images) after.
 
+    The epoch is the samples' ``"epoch"``, which :class:`~sqr.data.build.MapDataset` records
+    from the training sampler's keys (one epoch per batch).
+
     Images are resized with nearest-neighbour interpolation, as RT-DETR's
     ``BatchImageCollateFunction`` does (``F.interpolate``'s default mode); boxes are scaled with
     them, and ``height``/``width`` become the new size.
@@ -196,21 +198,33 @@ class MultiScaleCollate:
         self.scales = [int(s) for s in scales]
         self.stop_epoch = int(stop_epoch)
         self.seed = int(seed)
-        self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Say which epoch (0-based) the next batches belong to."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be non-negative, got {epoch}")
-        self.epoch = int(epoch)
+    @staticmethod
+    def batch_epoch(batch: Sequence[dict[str, Any]]) -> int:
+        """The epoch of a batch: its samples' ``"epoch"``.
+
+        Raises:
+            ValueError: A sample has no epoch (it did not come from the training sampler), or
+                the samples disagree.
+        """
+        epochs = {x.get("epoch") for x in batch}
+        if None in epochs or len(epochs) != 1:
+            ids = [x.get("image_id") for x in batch]
+            raise ValueError(
+                f"MultiScaleCollate needs one 'epoch' in every sample of a batch (MapDataset "
+                f"records it from the training sampler's keys); images {ids} have {epochs}"
+            )
+        (epoch,) = epochs
+        return int(epoch)
 
     def draw_size(self, batch: Sequence[dict[str, Any]]) -> int:
         """The size of this batch before ``stop_epoch``: one of :attr:`scales`.
 
         Args:
-            batch: Mapped samples (their ``"image_id"`` keys are read).
+            batch: Mapped samples (their ``"image_id"`` and ``"epoch"`` keys are read).
         """
-        key = repr((self.seed, self.epoch, [x["image_id"] for x in batch])).encode()
+        ids = [x["image_id"] for x in batch]
+        key = repr((self.seed, self.batch_epoch(batch), ids)).encode()
         digest = int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
         return self.scales[digest % len(self.scales)]
 
@@ -220,14 +234,14 @@ class MultiScaleCollate:
         Args:
             batch: :class:`~sqr.data.mapper.DetrDatasetMapper` outputs: "image" uint8
                 Tensor[3, H, W], "height", "width", "targets" {"boxes" [N, 4] XYXY pixels,
-                "labels" [N]}.
+                "labels" [N]}, and the "epoch" :class:`~sqr.data.build.MapDataset` adds.
 
         Returns:
             The samples as a list; before ``stop_epoch`` new dicts with images
             [3, S, S], boxes scaled to them and ``height = width = S``.
         """
         batch = list(batch)
-        if self.epoch >= self.stop_epoch or not batch:
+        if not batch or self.batch_epoch(batch) >= self.stop_epoch:
             return batch
         size = self.draw_size(batch)
         return [_resize_sample(sample, size) for sample in batch]
@@ -235,7 +249,7 @@ class MultiScaleCollate:
     def __repr__(self) -> str:
         return (
             f"MultiScaleCollate(scales={self.scales}, stop_epoch={self.stop_epoch}, "
-            f"seed={self.seed}, epoch={self.epoch})"
+            f"seed={self.seed})"
         )
 
 
@@ -250,74 +264,3 @@ def _resize_sample(sample: dict[str, Any], size: int) -> dict[str, Any]:
         targets = sample["targets"]
         out["targets"] = {**targets, "boxes": targets["boxes"] * scale}
     return out
-
-
-def epoch_at_iteration(iteration: int, dataset_size: int, total_batch_size: int) -> int:
-    """The epoch of an iteration's first sample, as
-    :class:`~sqr.data.samplers.TrainingBatchSampler` counts epochs (sample position
-    ``iteration * total_batch_size`` over ``dataset_size`` records).
-
-    Args:
-        iteration: Global iteration (0-based).
-        dataset_size: Number of training records.
-        total_batch_size: Images per iteration over all ranks.
-    """
-    if iteration < 0 or dataset_size <= 0 or total_batch_size <= 0:
-        raise ValueError(
-            f"epoch_at_iteration needs iteration >= 0 and positive sizes, got {iteration=}, "
-            f"{dataset_size=}, {total_batch_size=}"
-        )
-    return iteration * total_batch_size // dataset_size
-
-
-def _epoch_aware(transform: Any) -> list[Any]:
-    """``transform`` and the transforms inside it that have ``set_epoch``, each once.
-
-    v2 containers (``Compose``, ``RandomChoice``) keep their transforms in a plain list, which
-    ``nn.Module.modules()`` does not see, so both kinds of nesting are walked.
-    """
-    found: dict[int, Any] = {}
-    seen: set[int] = set()
-    stack = [transform]
-    while stack:
-        item = stack.pop()
-        if item is None or id(item) in seen:
-            continue
-        seen.add(id(item))
-        if hasattr(item, "set_epoch"):
-            found[id(item)] = item
-        if isinstance(item, nn.Module):
-            stack.extend(item.children())
-        stack.extend(getattr(item, "transforms", None) or [])
-    return list(found.values())
-
-
-def set_loader_epoch(loader: torch.utils.data.DataLoader, epoch: int) -> int:
-    """Call ``set_epoch(epoch)`` on a train loader's augmentation (every module of it that has
-    one) and on its collate function.
-
-    The epoch reaches the objects of this process only: loader workers hold their own copies,
-    so a loader with workers is refused rather than left training with stale epochs.
-
-    Args:
-        loader: A :func:`~sqr.data.build.build_detection_train_loader` loader whose mapper
-            has an ``augmentation``.
-        epoch: The epoch (0-based) of the next batches.
-
-    Returns:
-        How many objects were told the epoch.
-
-    Raises:
-        ValueError: The loader has workers (``num_workers > 0``).
-    """
-    if loader.num_workers > 0:
-        raise ValueError(
-            f"set_loader_epoch cannot reach the transforms of a loader with num_workers="
-            f"{loader.num_workers}: each worker holds its own copy (use num_workers=0, or "
-            "have the samples carry their epoch)"
-        )
-    augmentation = getattr(getattr(loader.dataset, "mapper", None), "augmentation", None)
-    targets = [*_epoch_aware(augmentation), *_epoch_aware(loader.collate_fn)]
-    for target in targets:
-        target.set_epoch(epoch)
-    return len(targets)

@@ -3,13 +3,16 @@
 Training uses one global, infinite, deterministic stream of sample positions that every rank
 slices identically, so the data seen at iteration ``i`` (and the random seed of each sample's
 augmentation) depends only on ``(seed, i, total_batch_size)`` -- not on the number of
-processes, the number of loader workers, or whether the run was resumed.
+processes, the number of loader workers, or whether the run was resumed. Each sample also
+carries the epoch of its iteration, so that epoch-dependent augmentation (RT-DETR's stop-epoch
+policy) reads it wherever the sample is mapped: in the main process or in a loader worker.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -17,7 +20,13 @@ from torch.utils.data import Sampler
 
 from sqr.utils import comm
 
-__all__ = ["TrainingBatchSampler", "InferenceSampler", "derive_seed"]
+__all__ = [
+    "InferenceSampler",
+    "SampleKey",
+    "TrainingBatchSampler",
+    "derive_seed",
+    "epoch_at_iteration",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +49,38 @@ def derive_seed(*entropy: int) -> int:
     return ((int(state[0]) << 32) | int(state[1])) & _MASK_63
 
 
+def epoch_at_iteration(iteration: int, dataset_size: int, total_batch_size: int) -> int:
+    """The epoch of a training iteration: how many times the samples seen before it
+    (``iteration * total_batch_size`` over all ranks) went through ``dataset_size`` records.
+
+    Args:
+        iteration: Global iteration (0-based).
+        dataset_size: Number of training records.
+        total_batch_size: Images per iteration over all ranks.
+    """
+    if iteration < 0 or dataset_size <= 0 or total_batch_size <= 0:
+        raise ValueError(
+            f"epoch_at_iteration needs iteration >= 0 and positive sizes, got {iteration=}, "
+            f"{dataset_size=}, {total_batch_size=}"
+        )
+    return iteration * total_batch_size // dataset_size
+
+
+class SampleKey(NamedTuple):
+    """One training sample as :class:`TrainingBatchSampler` yields it, and as
+    :class:`~sqr.data.build.MapDataset` takes it.
+
+    Attributes:
+        index: Dataset index.
+        seed: Seed of the sample's augmentation (a hash of the base seed and the position).
+        epoch: Epoch of the sample's iteration (:func:`epoch_at_iteration`).
+    """
+
+    index: int
+    seed: int
+    epoch: int
+
+
 def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """Fill in rank/world size from the process group and validate them."""
     world_size = comm.get_world_size() if world_size is None else int(world_size)
@@ -49,7 +90,7 @@ def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
-class TrainingBatchSampler(Sampler[list[tuple[int, int]]]):
+class TrainingBatchSampler(Sampler[list[SampleKey]]):
     """Infinite batch sampler yielding this rank's share of each global batch.
 
     Global sample position ``p`` (0, 1, 2, ...) belongs to epoch ``p // N`` and maps to dataset
@@ -60,11 +101,14 @@ class TrainingBatchSampler(Sampler[list[tuple[int, int]]]):
     index exactly once, and the union of all ranks' batches at iteration ``i`` is exactly the
     single-process batch at ``i``.
 
-    Each batch element is ``(dataset_index, sample_seed)``, where ``sample_seed`` is a 63-bit
-    hash of ``(seed, p)``, used by :class:`sqr.data.build.MapDataset` to seed augmentation.
+    Each batch element is a :class:`SampleKey` ``(dataset_index, sample_seed, epoch)``:
+    ``sample_seed`` is a 63-bit hash of ``(seed, p)``, which :class:`sqr.data.build.MapDataset`
+    seeds the augmentation with; ``epoch`` is the epoch of iteration ``i``,
+    ``i * T // N`` (:func:`epoch_at_iteration`), the same for every sample of a global batch on
+    every rank (a batch that straddles two permutations belongs to the epoch it starts in).
 
     Set :attr:`start_iter` before creating an iterator to resume: the first yielded batch is
-    then iteration ``start_iter``'s batch of an uninterrupted run.
+    then iteration ``start_iter``'s batch of an uninterrupted run, epoch included.
 
     The sampler is infinite and has no ``__len__``.
 
@@ -143,21 +187,25 @@ class TrainingBatchSampler(Sampler[list[tuple[int, int]]]):
         index = int(self._permutation(epoch)[offset])
         return index, derive_seed(self.seed, _SAMPLE_TAG, position)
 
-    def batch_at(self, iteration: int) -> list[tuple[int, int]]:
+    def batch_at(self, iteration: int) -> list[SampleKey]:
         """This rank's batch at a global iteration.
 
         Args:
             iteration: Global iteration number ``i >= 0``.
 
         Returns:
-            ``batch_size`` tuples ``(dataset_index, sample_seed)``.
+            ``batch_size`` keys ``(dataset_index, sample_seed, epoch)``.
         """
         if iteration < 0:
             raise ValueError(f"iteration must be non-negative, got {iteration}")
+        epoch = epoch_at_iteration(iteration, self.dataset_size, self.total_batch_size)
         first = iteration * self.total_batch_size + self.rank * self.batch_size
-        return [self.position_to_sample(p) for p in range(first, first + self.batch_size)]
+        return [
+            SampleKey(*self.position_to_sample(p), epoch)
+            for p in range(first, first + self.batch_size)
+        ]
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[SampleKey]]:
         iteration = int(self.start_iter)
         if iteration < 0:
             raise ValueError(f"start_iter must be non-negative, got {iteration}")

@@ -16,10 +16,8 @@ from sqr.data.rtdetr import (
     MultiScaleCollate,
     RandomApplyIoUCrop,
     UntilEpoch,
-    epoch_at_iteration,
     rtdetr_test_augmentation,
     rtdetr_train_augmentation,
-    set_loader_epoch,
 )
 
 BACKGROUND = (90, 90, 90)
@@ -198,8 +196,9 @@ def test_stop_epoch_switches_the_strong_ops_off_exactly_at_stop_epoch():
         assert (differs > 0) == uses_strong, epoch
 
 
-def batch_of(ids, size=64) -> list[dict]:
-    """Mapper-style training outputs: the drawn object resized to size x size."""
+def batch_of(ids, size=64, epoch=0) -> list[dict]:
+    """Training samples as the loader's dataset gives them: the drawn object resized to
+    size x size, with the epoch of their iteration."""
     image = v2.functional.resize(drawn_image(), [size, size])
     scale = torch.tensor([size / WIDTH, size / HEIGHT] * 2)
     boxes = torch.tensor([OBJECT_BOX], dtype=torch.float32) * scale
@@ -211,6 +210,7 @@ def batch_of(ids, size=64) -> list[dict]:
             "height": size,
             "width": size,
             "targets": {"boxes": boxes.clone(), "labels": torch.tensor([7])},
+            "epoch": epoch,
         }
         for i in ids
     ]
@@ -241,24 +241,27 @@ def test_collate_draws_one_size_per_batch_from_the_list():
 def test_collate_keeps_the_base_size_from_stop_epoch_on():
     collate = MultiScaleCollate([32, 80], stop_epoch=3, seed=0)
     for epoch, multi_scale in [(2, True), (3, False), (7, False)]:
-        collate.set_epoch(epoch)
-        sizes = {collate(batch_of(range(4 * b, 4 * b + 4)))[0]["height"] for b in range(10)}
+        batches = [batch_of(range(4 * b, 4 * b + 4), epoch=epoch) for b in range(10)]
+        sizes = {collate(batch)[0]["height"] for batch in batches}
         assert (sizes != {64}) == multi_scale, (epoch, sizes)
-    batch = batch_of(range(4))
+    batch = batch_of(range(4), epoch=3)
     out = collate(batch)
     assert all(a["image"] is b["image"] for a, b in zip(out, batch, strict=True))
+
+
+def test_collate_refuses_samples_without_one_epoch():
+    collate = MultiScaleCollate([32, 80], stop_epoch=3, seed=0)
+    batch = batch_of(range(2))
+    del batch[1]["epoch"]
+    with pytest.raises(ValueError, match=r"'epoch'.*images \[0, 1\]"):
+        collate(batch)
+    with pytest.raises(ValueError, match="'epoch'"):
+        collate(batch_of([0], epoch=2) + batch_of([1], epoch=3))
 
 
 def test_rtdetr_scales():
     assert list(RTDETR_SCALES) == [*range(480, 609, 32), 640, 640, *range(640, 801, 32)]
     assert MultiScaleCollate().scales == list(RTDETR_SCALES)
-
-
-def test_epoch_at_iteration_counts_like_the_sampler():
-    # 10 records, batch 4: iterations 0-2 start in epoch 0 (positions 0, 4, 8), 3-4 in epoch 1.
-    assert [epoch_at_iteration(i, 10, 4) for i in range(6)] == [0, 0, 0, 1, 1, 2]
-    with pytest.raises(ValueError, match="iteration"):
-        epoch_at_iteration(-1, 10, 4)
 
 
 def write_records(tmp_path, count: int) -> list[dict]:
@@ -278,7 +281,8 @@ def write_records(tmp_path, count: int) -> list[dict]:
     return records
 
 
-def test_loader_output_is_the_model_input_and_set_loader_epoch_stops_the_policy(tmp_path):
+def test_loader_output_is_the_model_input_and_the_policy_stops_at_stop_epoch(tmp_path):
+    # 6 records, batch 3: iterations 0-3 are epochs 0 and 1, iteration 4 starts epoch 2.
     loader = build_detection_train_loader(
         write_records(tmp_path, 6),
         DetrDatasetMapper(rtdetr_train_augmentation(size=64, stop_epoch=2), is_train=True),
@@ -288,7 +292,7 @@ def test_loader_output_is_the_model_input_and_set_loader_epoch_stops_the_policy(
     )
     batches = iter(loader)
     sizes = set()
-    for _ in range(6):
+    for iteration in range(4):
         batch = next(batches)
         assert len({x["image"].shape for x in batch}) == 1
         for x in batch:
@@ -297,26 +301,15 @@ def test_loader_output_is_the_model_input_and_set_loader_epoch_stops_the_policy(
             assert x["targets"]["boxes"].dtype == torch.float32
             assert x["targets"]["boxes"].shape == (len(x["targets"]["labels"]), 4)
             assert x["targets"]["labels"].dtype == torch.int64
+            assert x["epoch"] == iteration // 2
         sizes.add(batch[0]["height"])
     assert sizes <= {32, 48, 80} and len(sizes) > 1
-    assert set_loader_epoch(loader, 2) == 2  # the gate and the collate
-    for _ in range(4):
+    for iteration in range(4, 8):
         for x in next(batches):
+            assert x["epoch"] == iteration // 2
             assert x["image"].shape == (3, 64, 64)
             assert x["targets"]["labels"].tolist() == [7]
             assert_box_on_object(x["image"], x["targets"]["boxes"][0], OBJECT)
-
-
-def test_set_loader_epoch_refuses_loader_workers(tmp_path):
-    loader = build_detection_train_loader(
-        write_records(tmp_path, 2),
-        DetrDatasetMapper(rtdetr_train_augmentation(size=64), is_train=True),
-        total_batch_size=2,
-        num_workers=1,
-        collate_fn=MultiScaleCollate(),
-    )
-    with pytest.raises(ValueError, match="num_workers=1"):
-        set_loader_epoch(loader, 71)
 
 
 def test_recipe_config():

@@ -4,8 +4,8 @@
 # multi-scale stop at epoch 71 (0-based) of the 72-epoch recipes; the 120-epoch recipes set
 #   dataloader.train.mapper.augmentation.stop_epoch = 117
 #   dataloader.train.collate_fn.stop_epoch = 117
-# Both learn the epoch from sqr.data.rtdetr.set_loader_epoch, which reaches in-process loading
-# only (num_workers=0): with loader workers they stay at epoch 0 until the samples carry it.
+# Both read the epoch each training sample carries (the epoch of its iteration, from the train
+# sampler), in the loader workers as in the main process and from the first resumed iteration.
 from omegaconf import OmegaConf
 
 from sqr.config import LazyCall as L
