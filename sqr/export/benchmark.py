@@ -68,8 +68,9 @@ def eval_size(cfg: DictConfig, size_divisibility: int = 1) -> tuple[int, int]:
     * a square resize (``size``: RT-DETR's ``rtdetr_test_augmentation``) gives ``size x size``;
     * a shortest-edge resize bounded by ``max_size`` (``short_size``, ``max_size``: the DETRs'
       ``detr_test_augmentation``) gives ``short_size x max_size`` (800 x 1333): the largest
-      image it makes, that of an image ``max_size / short_size`` times as wide as high or
-      wider (COCO's usual 640 x 480 becomes 800 x 1067), so the latency is an upper bound.
+      image it makes, from an image exactly ``max_size / short_size`` times as wide as high
+      (wider ones get a shorter short side, narrower ones a shorter long side; COCO's usual
+      640 x 480 becomes 800 x 1067), so the latency bounds that of any image.
 
     Either is padded up to multiples of ``size_divisibility``, as the batch of one such image
     is (:func:`sqr.data.batching.batch_images`): 800 x 1344 for AdaMixer's 32.

@@ -157,3 +157,21 @@ def test_eager_latency_times_each_batch_after_the_warmup(monkeypatch) -> None:
     figures = inference.eager_latency(model, 32, 48, (1, 4), iters=3, warmup=1)
     assert [tuple(x.shape) for x in calls] == [(1, 3, 32, 48)] * 4 + [(4, 3, 32, 48)] * 4
     assert figures == [1e3, 1e3 / 4]  # each call one clock tick: 1 s per batch
+
+
+def test_on_cuda_onnxruntime_is_not_run_and_the_rows_say_so(monkeypatch) -> None:
+    asked = {}
+
+    def eager(detector, height, width, batch_sizes, **kwargs):
+        asked.update(kwargs)
+        return [5.0] * len(batch_sizes)
+
+    monkeypatch.setattr(inference, "eager_latency", eager)
+    monkeypatch.setattr(inference, "onnxruntime_latency", lambda *a, **k: pytest.fail("ran"))
+    rows = inference.inference_latency(None, 640, 640, (1, 8), iters=1, warmup=0, device="cuda")
+    assert asked == {"iters": 1, "warmup": 0, "device": "cuda"}
+    assert [(r["batch"], r["eager_ms"], r["onnxruntime_ms"]) for r in rows] == [
+        (1, 5.0, None),
+        (8, 5.0, None),
+    ]
+    assert rows[0]["note"] == "onnxruntime not run: this benchmark runs it on CPU only"
