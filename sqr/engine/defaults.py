@@ -288,6 +288,7 @@ _OPTIMIZER_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
             "end_value",
         )
     },
+    "weight_decay_bias": (lambda v: v is None or _is_number(v), "a non-negative number or None"),
     "warmup_iters": (_is_count, "a non-negative integer"),
     "num_updates": (lambda v: _is_count(v) and v > 0, "a positive integer"),
     "betas": (_is_list_of(_is_number, 2), "a list of 2 numbers"),

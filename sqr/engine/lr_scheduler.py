@@ -16,15 +16,26 @@ from fvcore.common.param_scheduler import ParamScheduler
 
 logger = logging.getLogger(__name__)
 
+_WARMUP_METHODS = ("linear", "constant", "rtdetr")
+
 
 class LRSchedule:
     """A learning-rate multiplier as a function of the iteration.
 
+    During the warmup (iterations ``i < warmup_iters``) the scheduler's value is multiplied by
+
+    * ``"linear"``: ``warmup_factor * (1 - i / warmup_iters) + i / warmup_iters`` (detectron2's
+      ramp from ``warmup_factor``);
+    * ``"constant"``: ``warmup_factor``;
+    * ``"rtdetr"``: ``(i + 1) / warmup_iters`` (RT-DETR's ``LinearWarmup``: its first step
+      already runs at ``1 / warmup_iters``, and iteration ``warmup_iters - 1`` at the full lr;
+      ``warmup_factor`` is not used).
+
     Args:
         scheduler: multiplier as a function of the fraction of training done, in [0, 1).
         warmup_iters: length of the warmup in iterations (0 for none).
-        warmup_factor: multiplier at iteration 0 of the warmup.
-        warmup_method: "linear" (ramp from ``warmup_factor`` to 1) or "constant".
+        warmup_factor: multiplier at iteration 0 of the "linear" and "constant" warmups.
+        warmup_method: "linear", "constant" or "rtdetr".
     """
 
     def __init__(
@@ -34,8 +45,11 @@ class LRSchedule:
         warmup_factor: float = 0.001,
         warmup_method: str = "linear",
     ) -> None:
-        if warmup_method not in ("linear", "constant"):
-            raise ValueError(f"warmup_method must be 'linear' or 'constant', got {warmup_method!r}")
+        if warmup_method not in _WARMUP_METHODS:
+            raise ValueError(
+                f"warmup_method must be one of {', '.join(map(repr, _WARMUP_METHODS))}, got "
+                f"{warmup_method!r}"
+            )
         if warmup_iters < 0:
             raise ValueError(f"warmup_iters must be >= 0, got {warmup_iters}")
         self.scheduler = scheduler
@@ -48,6 +62,8 @@ class LRSchedule:
         if iteration < self.warmup_iters:
             if self.warmup_method == "constant":
                 factor = self.warmup_factor
+            elif self.warmup_method == "rtdetr":
+                factor = (iteration + 1) / self.warmup_iters
             else:
                 alpha = iteration / self.warmup_iters
                 factor = self.warmup_factor * (1 - alpha) + alpha

@@ -24,6 +24,7 @@ def get_default_optimizer_params(
     weight_decay: float,
     weight_decay_norm: float = 0.0,
     lr_factors: Mapping[str, float] | None = None,
+    weight_decay_bias: float | None = None,
 ) -> list[dict[str, Any]]:
     """Parameter groups for ``torch.optim`` with the reference recipes' rules.
 
@@ -35,6 +36,9 @@ def get_default_optimizer_params(
         lr_factors: ``{substring: factor}``; a parameter whose full name contains a substring
             gets ``base_lr * factor`` (the first match in the mapping's order wins), e.g.
             ``{"backbone": 0.1}`` for DETR's backbone rule.
+        weight_decay_bias: weight decay of every bias (a parameter whose name ends in ``bias``:
+            ``bias``, ``in_proj_bias``; norms' included), e.g. 0 for RT-DETRv2-R34's rule;
+            None: no special case.
 
     Returns:
         One group per distinct (lr, weight decay), each ``{"params", "lr", "weight_decay"}``.
@@ -53,6 +57,8 @@ def get_default_optimizer_params(
             full_name = f"{module_name}.{param_name}" if module_name else param_name
             factor = next((f for key, f in lr_factors.items() if key in full_name), 1.0)
             decay = weight_decay_norm if is_norm else weight_decay
+            if weight_decay_bias is not None and param_name.endswith("bias"):
+                decay = weight_decay_bias
             groups.setdefault((base_lr * factor, decay), []).append(param)
     return [
         {"params": params, "lr": lr, "weight_decay": decay}

@@ -79,6 +79,20 @@ TINY_OVERRIDES: dict[str, list[str]] = {
         _model_fragment(entry.baseline_config),
     )
 }
+# RT-DETRv2's other depths (the table's entry is R18vd): its tiny overrides, with the width-16
+# test backbone's channels for BottleNeck depths.
+TINY_OVERRIDES.update(
+    {
+        _ids(path): [
+            "model.encoder.in_channels=[128, 256, 512]"
+            if o.startswith("model.encoder.in_channels=") and "r50" in path.name
+            else o
+            for o in table.TINY_RTDETRV2
+        ]
+        for path in (REPO / "projects/sqr/configs").rglob("*rtdetrv2_r*.py")
+        if _ids(path) not in TINY_OVERRIDES
+    }
+)
 # The released weights' configs evaluate a Deformable-DETR recipe's model.
 TINY_OVERRIDES.update(
     {

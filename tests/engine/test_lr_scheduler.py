@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
-from fvcore.common.param_scheduler import MultiStepParamScheduler
+from fvcore.common.param_scheduler import ConstantParamScheduler, MultiStepParamScheduler
 
+from sqr.config import LazyConfig, instantiate
 from sqr.engine import LRMultiplier, LRSchedule
+
+RTDETR_RECIPES = sorted(Path("projects/sqr/configs").glob("*rtdetrv2_*.py"))
 
 
 def test_epoch_milestones_and_linear_warmup() -> None:
@@ -23,6 +28,35 @@ def test_epoch_milestones_and_linear_warmup() -> None:
     assert schedule(79, 100) == pytest.approx(1.0)
     assert schedule(80, 100) == pytest.approx(0.1)
     assert schedule(99, 100) == pytest.approx(0.1)
+
+
+def rtdetr_warmup_factor(step: int, warmup_duration: int) -> float:
+    """RT-DETR's LinearWarmup.get_warmup_factor, written out."""
+    return min(1.0, (step + 1) / warmup_duration)
+
+
+def test_rtdetr_warmup_is_its_linear_warmup() -> None:
+    schedule = LRSchedule(ConstantParamScheduler(1.0), warmup_iters=2000, warmup_method="rtdetr")
+    for iteration in [0, 1, 2, 3, 999, 1998, 1999, 2000, 2001, 9999]:
+        assert schedule(iteration, 10000) == rtdetr_warmup_factor(iteration, 2000), iteration
+    assert schedule(0, 10000) == 1 / 2000  # not the linear ramp's warmup_factor
+
+
+@pytest.mark.parametrize("recipe", RTDETR_RECIPES, ids=lambda p: p.stem)
+def test_rtdetr_recipes_warm_up_as_rtdetr(recipe) -> None:
+    # The lr of each optimizer step, as LRSchedulerHook steps the scheduler after it.
+    cfg = LazyConfig.load(str(recipe))
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([{"params": [param], "lr": 1e-4}, {"params": [], "lr": 1e-5}])
+    scheduler = LRMultiplier(optimizer, instantiate(cfg.lr_multiplier), max_iter=100000)
+    for step in range(2003):
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        if step in (0, 1, 2, 1000, 1998, 1999, 2000, 2002):
+            factor = rtdetr_warmup_factor(step, 2000)
+            assert lrs == [1e-4 * factor, 1e-5 * factor], step
+        optimizer.step()
+        scheduler.step()
+    assert scheduler._schedule(99999, 100000) == 1.0  # no drop within the recipe
 
 
 def test_bad_warmup_method_is_named() -> None:

@@ -1,0 +1,9 @@
+# SQR-RT-DETRv2-M R50vd-m, 84 epochs. Identical to the baseline but for the recollection schedule:
+# from stage 1 on, every stage also decodes the outputs of the stage before the previous one.
+# The denoising queries stay in the plain chain (the decoder's recollect_denoising=False, see
+# models/rtdetrv2_r50vd.py). Inference is the plain decoder, eval_idx included.
+from .rtdetrv2_r50vd_m_7x import dataloader, lr_multiplier, model, optimizer, train
+
+model.recollection.mode = "selective"
+model.recollection.start_stage = 1
+train.output_dir = "./output/sqr_rtdetrv2_r50vd_m_7x"
