@@ -35,6 +35,35 @@ DETECTRON2_PREFIX = "https://dl.fbaipublicfiles.com/detectron2/"
 
 _DETREX_RELEASE = "https://github.com/IDEA-Research/detrex-storage/releases/download/v0.1.0/"
 _SCHEME_SEP = "://"
+_RTDETR_RELEASE = "https://github.com/lyuwenyu/storage/releases/download/"
+
+# lyuwenyu/RT-DETR's published RT-DETRv2 checkpoints (rtdetrv2_pytorch/README.md at 068dfde):
+# zoo name -> release path; converter "rtdetrv2" (their "ema" entry holds the evaluated weights
+# where the file has one). The name is the recipe's official config name.
+_RTDETRV2 = {
+    "rtdetrv2_r18vd_120e_coco": "v0.2/rtdetrv2_r18vd_120e_coco_rerun_48.1.pth",  # 48.1 AP
+    "rtdetrv2_r34vd_120e_coco": "v0.1/rtdetrv2_r34vd_120e_coco_ema.pth",  # 49.9
+    "rtdetrv2_r50vd_m_7x_coco": "v0.1/rtdetrv2_r50vd_m_7x_coco_ema.pth",  # 51.9
+    "rtdetrv2_r50vd_6x_coco": "v0.1/rtdetrv2_r50vd_6x_coco_ema.pth",  # 53.4
+    "rtdetrv2_r101vd_6x_coco": "v0.1/rtdetrv2_r101vd_6x_coco_from_paddle.pth",  # 54.3
+    # Discrete sampling (model.decoder.cross_attn_method="discrete").
+    "rtdetrv2_r18vd_dsp_3x_coco": "v0.1/rtdetrv2_r18vd_dsp_3x_coco.pth",  # 47.4
+    "rtdetrv2_r34vd_dsp_1x_coco": "v0.1/rrtdetrv2_r34vd_dsp_1x_coco.pth",  # 49.2 (sic: "rr")
+    "rtdetrv2_r50vd_m_dsp_3x_coco": "v0.1/rtdetrv2_r50vd_m_dsp_3x_coco.pth",  # 51.4
+    "rtdetrv2_r50vd_dsp_1x_coco": "v0.1/rtdetrv2_r50vd_dsp_1x_coco.pth",  # 52.9
+    # Fewer sampling points (model.decoder.num_points per level: sp1 [1, 1, 1] ... sp3 [3, 3, 3]).
+    "rtdetrv2_r18vd_sp1_120e_coco": "v0.1/rtdetrv2_r18vd_sp1_120e_coco.pth",  # 47.3
+    "rtdetrv2_r18vd_sp2_120e_coco": "v0.1/rtdetrv2_r18vd_sp2_120e_coco.pth",  # 47.7
+    "rtdetrv2_r18vd_sp3_120e_coco": "v0.1/rtdetrv2_r18vd_sp3_120e_coco.pth",  # 47.8
+}
+# The ImageNet PResNet-vd weights the RT-DETRv2 recipes start from (bare state_dicts; converter
+# "rtdetr_presnet", loaded under backbone.).
+_PRESNET = {
+    "presnet18_vd": "v0.1/ResNet18_vd_pretrained_from_paddle.pth",
+    "presnet34_vd": "v0.1/ResNet34_vd_pretrained_from_paddle.pth",
+    "presnet50_vd": "v0.1/ResNet50_vd_ssld_v2_pretrained_from_paddle.pth",
+    "presnet101_vd": "v0.1/ResNet101_vd_ssld_pretrained_from_paddle.pth",
+}
 
 
 @dataclass(frozen=True)
@@ -94,6 +123,9 @@ def _build_table() -> dict[str, ZooEntry]:
     for name, (file_id, fmt) in drive.items():
         url, note = _gdrive(file_id, fmt)
         table[name] = ZooEntry(url=url, sha256=None, filename=f"{name}.pth", note=note)
+    for name, path in {**_RTDETRV2, **_PRESNET}.items():
+        url = _RTDETR_RELEASE + path
+        table[name] = ZooEntry(url=url, sha256=None, filename=f"rtdetr/{path.split('/')[-1]}")
     for name in ("R-50", "R-101"):
         url = DETECTRON2_PREFIX + f"ImageNetPretrained/torchvision/{name}.pkl"
         # Same cache file as the equivalent detectron2:// reference, so either spelling hits it.

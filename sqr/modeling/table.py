@@ -14,7 +14,7 @@ from dataclasses import dataclass
 BASELINE = "model.recollection.mode=none"
 
 #: Formats that convert a backbone only (any detector's ``backbone.``), not a whole detector.
-BACKBONE_FORMATS = ("detectron2_resnet", "torchvision_resnet")
+BACKBONE_FORMATS = ("detectron2_resnet", "rtdetr_presnet", "torchvision_resnet")
 
 _BACKBONE18 = ("model.backbone.depth=18", "model.backbone.norm=BN", "model.backbone.freeze_at=0")
 _HEADS = ("model.num_queries=10", "model.select_box_nums_for_evaluation=10", "model.num_classes=5")
@@ -195,6 +195,7 @@ DETECTORS: tuple[DetectorEntry, ...] = (
             {"backbone", "encoder", "input_proj", "query_selection", "decoder", "denoising"}
             | {"class_embed", "bbox_embed"}
         ),
+        formats=("rtdetrv2",),
         batch_statistics=True,
     ),
 )

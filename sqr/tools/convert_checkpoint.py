@@ -30,6 +30,8 @@ FORMATS = (
     "mmdet_adamixer",
     "mmdet_deformable_detr",
     "mmdet_deformable_detr_refine",
+    "rtdetr_presnet",
+    "rtdetrv2",
     "sqr_legacy",
     "torchvision_resnet",
 )

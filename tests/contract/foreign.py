@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from helpers.dino_keys import detrex_dino_state
+from helpers.rtdetrv2_keys import OfficialRTDETRv2, official_rtdetrv2_state
 from modeling.test_converters import detrex_dab_detr_state
 from modeling.test_converters_detrex_deformable import detrex_deformable_state
 from modeling.test_converters_mmdet_adamixer import mmdet_adamixer_state
@@ -52,9 +53,30 @@ def foreign_checkpoint(fmt: str, model: DictConfig) -> tuple[dict[str, torch.Ten
         return state, []
     if fmt == "detrex_dino":
         return detrex_dino_state(Filler()), []
+    if fmt == "rtdetrv2":
+        return official_rtdetrv2_state(Filler(), official_rtdetrv2_arch(model)), []
     if fmt == "sqr_legacy":  # today's names, as sqr wrote them before decoder stages were layers
         with torch.device("meta"):
             native = instantiate(model).state_dict()
         renamed = {k.replace("decoder.layers.", "decoder.stages.", 1): v for k, v in native.items()}
         return renamed, []
     raise KeyError(f"no foreign checkpoint of format {fmt!r}: add one here")
+
+
+def official_rtdetrv2_arch(model: DictConfig) -> OfficialRTDETRv2:
+    """The official hyper-parameters (yml names) of the RT-DETRv2 recipe ``model``."""
+    return OfficialRTDETRv2(
+        depth=model.backbone.depth,
+        freeze_norm=model.backbone.freeze_norm,
+        in_channels=tuple(model.encoder.in_channels),
+        hidden_dim=model.embed_dim,
+        expansion=model.encoder.expansion,
+        depth_mult=model.encoder.depth_mult,
+        encoder_ffn=model.encoder.dim_feedforward,
+        num_layers=model.decoder.num_stages,
+        num_points=tuple(model.decoder.num_points),
+        decoder_ffn=model.decoder.feedforward_dim,
+        nhead=model.decoder.num_heads,
+        num_classes=model.num_classes,
+        learn_query_content=model.learn_query_content,
+    )

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.rtdetrv2_keys import official_presnet_shapes
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from sqr.modeling.backbone import PResNet
 from sqr.modeling.backbone.presnet import BasicBlock, Bottleneck, ProjectionShortcut
 from sqr.modeling.converters.detectron2 import ConversionError
-from sqr.modeling.converters.rtdetr import convert_rtdetr_presnet, convert_rtdetrv2_backbone_encoder
+from sqr.modeling.converters.rtdetr import convert_rtdetr_presnet
 
 # depth -> (block, blocks per stage, expansion): the ResNet table RT-DETR uses.
 ARCH = {
@@ -146,44 +147,11 @@ def test_bad_arguments_are_named(kwargs: dict, message: str) -> None:
         PResNet(**kwargs)
 
 
-def official_presnet_shapes(depth: int, batch_norm: bool) -> dict[str, tuple[int, ...]]:
-    """The official PResNet's state_dict names and shapes, from its known pattern (width 64)."""
-    _, counts, expansion = ARCH[depth]
-    fields = ["weight", "bias", "running_mean", "running_var"]
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def conv_norm(prefix: str, c_in: int, c_out: int, k: int) -> None:
-        shapes[f"{prefix}.conv.weight"] = (c_out, c_in, k, k)
-        shapes.update({f"{prefix}.norm.{f}": (c_out,) for f in fields})
-        if batch_norm:
-            shapes[f"{prefix}.norm.num_batches_tracked"] = ()
-
-    for n, (c_in, c_out) in enumerate([(3, 32), (32, 32), (32, 64)], start=1):
-        conv_norm(f"conv1.conv1_{n}", c_in, c_out, 3)
-    c_in = 64
-    for i, count in enumerate(counts):
-        width = 64 * 2**i
-        for j in range(count):
-            block = f"res_layers.{i}.blocks.{j}"
-            c_out = width * expansion
-            if j == 0:
-                conv_norm(f"{block}.short" + (".conv" if i > 0 else ""), c_in, c_out, 1)
-            if expansion == 1:
-                conv_norm(f"{block}.branch2a", c_in, width, 3)
-                conv_norm(f"{block}.branch2b", width, width, 3)
-            else:
-                conv_norm(f"{block}.branch2a", c_in, width, 1)
-                conv_norm(f"{block}.branch2b", width, width, 3)
-                conv_norm(f"{block}.branch2c", width, c_out, 1)
-            c_in = c_out
-    return shapes
-
-
 @pytest.mark.parametrize(("depth", "freeze_norm"), [(18, False), (34, False), (50, True)])
 def test_official_names_convert_and_load(depth: int, freeze_norm: bool) -> None:
     shapes = official_presnet_shapes(depth, batch_norm=not freeze_norm)
     official = {k: torch.rand(s) if s else torch.tensor(7) for k, s in shapes.items()}
-    converted = convert_rtdetr_presnet(official)
+    converted = convert_rtdetr_presnet(official, prefix="")
     assert len(converted) == len(official)
     model = PResNet(depth, return_idx=(1, 2, 3), freeze_norm=freeze_norm)
     model.load_state_dict(converted, strict=True)
@@ -204,17 +172,13 @@ def test_official_names_convert_and_load(depth: int, freeze_norm: bool) -> None:
     assert all(torch.equal(loaded[k], v) for k, v in converted.items())
 
 
-def test_detector_prefixes_and_unknown_keys() -> None:
-    official = {
-        f"backbone.{k}": torch.zeros(s) for k, s in official_presnet_shapes(18, False).items()
-    }
-    converted = convert_rtdetrv2_backbone_encoder(official, backbone_prefix="body.")
-    assert "body.layer4.1.conv2.norm.running_mean" in converted
-    assert all(k.startswith("body.") for k in converted)
+def test_bare_backbone_prefix_and_unknown_keys() -> None:
+    official = {k: torch.zeros(s) for k, s in official_presnet_shapes(18, False).items()}
+    converted = convert_rtdetr_presnet(official)
+    assert "backbone.layer4.1.conv2.norm.running_mean" in converted
+    assert all(k.startswith("backbone.") for k in converted)
     with pytest.raises(ConversionError, match="decoder.dec_bbox_head.0.layers.0.weight"):
-        convert_rtdetrv2_backbone_encoder(
-            {"decoder.dec_bbox_head.0.layers.0.weight": torch.zeros(1)}
-        )
+        convert_rtdetr_presnet({"decoder.dec_bbox_head.0.layers.0.weight": torch.zeros(1)})
     # The pooled shortcut of a strided stage has the extra ".conv": a stage-0 style name is wrong.
     with pytest.raises(ConversionError, match="res_layers.1.blocks.0.short.conv.weight"):
         convert_rtdetr_presnet({"res_layers.1.blocks.0.short.conv.weight": torch.zeros(1)})

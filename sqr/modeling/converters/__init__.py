@@ -26,6 +26,7 @@ from .mmdet_deformable import (
     convert_torchvision_resnet,
     mmdet_deformable_format,
 )
+from .rtdetr import convert_rtdetr_presnet, convert_rtdetrv2, is_rtdetr_presnet, is_rtdetrv2
 from .sqr_legacy import convert_sqr_legacy, is_sqr_legacy
 
 __all__ = [
@@ -43,6 +44,8 @@ __all__ = [
     "convert_mmdet_adamixer",
     "convert_mmdet_deformable_detr",
     "convert_mmdet_deformable_detr_refine",
+    "convert_rtdetr_presnet",
+    "convert_rtdetrv2",
     "convert_sqr_legacy",
     "convert_torchvision_resnet",
 ]
@@ -57,6 +60,8 @@ CONVERTERS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "mmdet_adamixer": convert_mmdet_adamixer,
     "mmdet_deformable_detr": convert_mmdet_deformable_detr,
     "mmdet_deformable_detr_refine": convert_mmdet_deformable_detr_refine,
+    "rtdetr_presnet": convert_rtdetr_presnet,
+    "rtdetrv2": convert_rtdetrv2,
     "sqr_legacy": convert_sqr_legacy,
     "torchvision_resnet": convert_torchvision_resnet,
 }
@@ -69,9 +74,11 @@ NATIVE_MODULES = native_modules()
 
 def is_native(state: Mapping[str, Any]) -> bool:
     """Whether ``state`` already uses sqr's names: a backbone and a decoder, no top-level
-    module that sqr's detectors lack, and no name sqr has since renamed."""
+    module that sqr's detectors lack, no official RT-DETRv2 key (its top-level modules are
+    named as ours, their insides are not) and no name sqr has since renamed."""
     top = {key.removeprefix("module.").split(".")[0] for key in state}
-    return {"backbone", "decoder"} <= top <= NATIVE_MODULES and not is_sqr_legacy(state)
+    renamed = is_rtdetrv2(state) or is_sqr_legacy(state)
+    return {"backbone", "decoder"} <= top <= NATIVE_MODULES and not renamed
 
 
 def convert(state: Mapping[str, Any], fmt: str) -> dict[str, Any]:
@@ -119,12 +126,22 @@ def detect_format(state: Mapping[str, Any]) -> str | None:
         ``bbox_head.transformer.`` (see :func:`mmdet_deformable_format`); ``"mmdet_adamixer"``
         for keys under ``roi_head.`` or ``rpn_head.`` (mmdet's AdaMixer);
         ``"torchvision_resnet"`` for a bare torchvision classifier (``conv1.weight`` and
-        ``fc.weight``; sqr's ResNet has no ``fc``); ``"sqr_legacy"`` for sqr's own names from
+        ``fc.weight``; sqr's ResNet has no ``fc``); ``"rtdetrv2"`` for the official RT-DETRv2
+        (``decoder.dec_score_head.*``), ``"rtdetr_presnet"`` for its bare ImageNet PResNet
+        (``conv1.conv1_1.*``); ``"sqr_legacy"`` for sqr's own names from
         before a rename (:mod:`.sqr_legacy`); None otherwise (sqr's own names).
 
     Raises:
         ValueError: the keys match several formats.
     """
+    found = _formats(state)
+    if len(found) > 1:
+        raise ValueError(f"checkpoint keys match several formats: {', '.join(found)}")
+    return found[0] if found else None
+
+
+def _formats(state: Mapping[str, Any]) -> list[str]:
+    """Every format whose keys ``state`` has (see :func:`detect_format`)."""
     found = []
     if any(key.startswith("transformer.") for key in state):
         # detrex nests the transformer; DINO has denoising label embeddings, and only the
@@ -143,8 +160,10 @@ def detect_format(state: Mapping[str, Any]) -> str | None:
         found.append("mmdet_adamixer")
     if "conv1.weight" in state and "fc.weight" in state:
         found.append("torchvision_resnet")
+    if is_rtdetrv2(state):
+        found.append("rtdetrv2")
+    if is_rtdetr_presnet(state):
+        found.append("rtdetr_presnet")
     if is_sqr_legacy(state):
         found.append("sqr_legacy")
-    if len(found) > 1:
-        raise ValueError(f"checkpoint keys match several formats: {', '.join(found)}")
-    return found[0] if found else None
+    return found
