@@ -42,6 +42,7 @@ from .runtime import import_onnxruntime
 
 __all__ = [
     "EXPORT_FAILED",
+    "EvalSizeError",
     "ExportFailedError",
     "eager_latency",
     "eval_size",
@@ -56,6 +57,10 @@ logger = logging.getLogger(__name__)
 #: How a row's note begins when the ONNX export failed (the exception follows).
 EXPORT_FAILED = "onnxruntime not run: the ONNX export failed"
 TEST_TRANSFORM = "dataloader.test.mapper.augmentation"
+
+
+class EvalSizeError(ValueError):
+    """The config's test transform gives no size to read; the message names the key."""
 
 
 class ExportFailedError(RuntimeError):
@@ -76,17 +81,17 @@ def eval_size(cfg: DictConfig, size_divisibility: int = 1) -> tuple[int, int]:
     is (:func:`sqr.data.batching.batch_images`): 800 x 1344 for AdaMixer's 32.
 
     Raises:
-        ValueError: the config has no such transform, or one of another kind (named).
+        EvalSizeError: the config has no such transform, or one of another kind (named).
     """
     aug = OmegaConf.select(cfg, TEST_TRANSFORM)
     if aug is None:
-        raise ValueError(f"the config has no {TEST_TRANSFORM}; pass --height and --width")
+        raise EvalSizeError(f"the config has no {TEST_TRANSFORM}; pass --height and --width")
     if "size" in aug:
         height = width = int(aug.size)
     elif "short_size" in aug and "max_size" in aug:
         height, width = int(aug.short_size), int(aug.max_size)
     else:
-        raise ValueError(
+        raise EvalSizeError(
             f"{TEST_TRANSFORM} ({aug.get('_target_', 'no _target_')}) sets neither `size` (a "
             "square resize) nor `short_size` and `max_size` (a shortest-edge resize); pass "
             "--height and --width"

@@ -407,7 +407,7 @@ def run_inference(args: argparse.Namespace) -> int:
             threads=args.threads,
             device=args.device,
         )
-    except ValueError as e:  # the config's test transform has no size to read
+    except inference.EvalSizeError as e:  # no --height/--width, and none in the config
         print(f"benchmark: error: --config-file {args.config_file}: {e}", file=sys.stderr)
         return 2
     if args.json:

@@ -51,7 +51,9 @@ def test_eval_size_follows_overrides_and_names_an_unknown_transform() -> None:
     LazyConfig.apply_overrides(cfg, ["dataloader.test.mapper.augmentation.size=96"])
     assert inference.eval_size(cfg, 32) == (96, 96)
     del cfg.dataloader.test.mapper.augmentation.size
-    with pytest.raises(ValueError, match=r"dataloader\.test\.mapper\.augmentation .*--height"):
+    with pytest.raises(
+        inference.EvalSizeError, match=r"dataloader\.test\.mapper\.augmentation .*--height"
+    ):
         inference.eval_size(cfg)
 
 

@@ -230,10 +230,10 @@ def test_inference_without_a_readable_eval_size_fails_naming_the_config(
     from sqr.export import benchmark as inference
 
     def unreadable(cfg, size_divisibility=1):
-        raise ValueError("dataloader.test.mapper.augmentation (Foo) sets neither `size`")
+        raise inference.EvalSizeError("dataloader.test.mapper.augmentation (Foo) sets neither")
 
     monkeypatch.setattr(inference, "eval_size", unreadable)
     argv = ["--inference", "--config-file", BASELINE_CONFIG, *TINY_DAB_DETR]
     assert bench.main(argv) == 2
     err = capsys.readouterr().err
-    assert "dab_detr_r50_50ep.py" in err and "sets neither `size`" in err
+    assert "dab_detr_r50_50ep.py" in err and "(Foo) sets neither" in err
