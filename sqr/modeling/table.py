@@ -77,10 +77,37 @@ TINY_RTDETRV2 = (
     *_HEADS,
 )
 
+# The BottleNeck depths (R50, R101) at the test width: stages of 4 x 16 x 2**i channels.
+_TINY_RTDETRV2_BOTTLENECK = tuple(
+    "model.encoder.in_channels=[128, 256, 512]" if o.startswith("model.encoder.in_channels") else o
+    for o in TINY_RTDETRV2
+)
+
 _NO_DROPOUT = ("model.encoder.dropout=0.0", "model.decoder.dropout=0.0")
 _DEFORMABLE_MODULES = frozenset(
     {"backbone", "neck", "level_embeds", "encoder", "decoder", "class_embed", "bbox_embed"}
 )
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Another SQR recipe of an entry's detector: another depth or schedule of the same code.
+
+    The contract suite runs on the entry's own recipe; the config checks and the checkpoint
+    formats' round trips run on each variant too.
+
+    Attributes:
+        config: its SQR config under ``projects/sqr/configs`` (the baseline: without ``sqr_``).
+        tiny: overrides that shrink it to test size.
+    """
+
+    config: str
+    tiny: tuple[str, ...]
+
+    @property
+    def baseline_config(self) -> str:
+        """The recipe's baseline twin: the same file name without ``sqr_``."""
+        return self.config.removeprefix("sqr_")
 
 
 @dataclass(frozen=True)
@@ -103,6 +130,7 @@ class DetectorEntry:
             (BatchNorm in training after the backbone, as in RT-DETRv2's HybridEncoder), so
             two ranks with one image each cannot reproduce one process's gradients on both:
             multi-process checks then ask only that the ranks step together.
+        variants: its other recipes (:class:`Variant`).
     """
 
     name: str
@@ -113,6 +141,7 @@ class DetectorEntry:
     no_dropout: tuple[str, ...] = ()
     formats: tuple[str, ...] = ()
     batch_statistics: bool = False
+    variants: tuple[Variant, ...] = ()
 
     @property
     def baseline_config(self) -> str:
@@ -197,6 +226,11 @@ DETECTORS: tuple[DetectorEntry, ...] = (
         ),
         formats=("rtdetrv2",),
         batch_statistics=True,
+        variants=(
+            Variant("sqr_rtdetrv2_r34vd_120e.py", TINY_RTDETRV2),
+            Variant("sqr_rtdetrv2_r50vd_m_7x.py", _TINY_RTDETRV2_BOTTLENECK),
+            Variant("sqr_rtdetrv2_r50vd_6x.py", _TINY_RTDETRV2_BOTTLENECK),
+        ),
     ),
 )
 

@@ -12,12 +12,18 @@ and reports, per decoder stage, the COCO AP of that stage's predictions as if it
 output; the TP fading rate and FP exacerbation rate at IoU 0.5 and 0.75; and the oracle AP (best
 stage per query). The exact definitions are in :mod:`sqr.evaluation.stage_analysis`.
 
+A decoder that evaluates fewer stages than it has (RT-DETRv2's ``model.decoder.eval_idx``) is
+analysed at full depth: stage ``s``'s AP is then the AP the detector has with ``eval_idx = s - 1``,
+and ``eval_stage`` in the result names the stage the config evaluates. A config that trains a
+moving average (``train.ema.enabled``) is analysed with its EMA weights, as it is evaluated.
+
 Writes ``stage_analysis.json`` and ``stage_analysis.png`` (plus ``config.yaml`` and ``log.txt``)
 into ``--output-dir``, by default ``{train.output_dir}/stage_analysis``.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -83,15 +89,44 @@ def setup(args, default_subdir: str = "stage_analysis") -> DictConfig:
     cfg = load_config(args)
     cfg.train.output_dir = args.output_dir or os.path.join(cfg.train.output_dir, default_subdir)
     default_setup(cfg, args)
+    if cfg.model.decoder.get("eval_idx", -1) != -1:
+        logger.info(
+            "The config evaluates with model.decoder.eval_idx=%s; the analysis decodes every "
+            "stage (eval_idx=-1), so that each stage's AP is that of a shallower evaluation",
+            cfg.model.decoder.eval_idx,
+        )
     return cfg
 
 
+def eval_stage(cfg: DictConfig) -> int | None:
+    """The 1-based decoder stage the config evaluates when it is not the last (its
+    ``model.decoder.eval_idx``), else None."""
+    eval_idx = cfg.model.decoder.get("eval_idx", -1)
+    if eval_idx == -1:
+        return None
+    return eval_idx % cfg.model.decoder.num_stages + 1 if eval_idx < 0 else eval_idx + 1
+
+
+def analysed_weights(cfg: DictConfig) -> str:
+    """Which weights of the checkpoint are analysed: its EMA where the config trains one."""
+    from sqr.tools.train_net import ema_enabled
+
+    return "ema" if ema_enabled(cfg) else "model"
+
+
 def build_model(cfg: DictConfig) -> torch.nn.Module:
-    """The config's model with ``train.init_checkpoint`` loaded, in eval mode."""
+    """The config's model at full decoder depth with ``train.init_checkpoint`` loaded (its EMA
+    weights where the config trains them), in eval mode."""
     from sqr.engine import load_trained_weights
 
-    model = instantiate(cfg.model).to(cfg.train.device)
-    load_trained_weights(model, cfg.train.init_checkpoint, purpose="the analysis")
+    model_cfg = cfg.model
+    if eval_stage(cfg) is not None:  # every stage, not the evaluated ones only
+        model_cfg = copy.deepcopy(model_cfg)
+        model_cfg.decoder.eval_idx = -1
+    model = instantiate(model_cfg).to(cfg.train.device)
+    load_trained_weights(
+        model, cfg.train.init_checkpoint, purpose="the analysis", weights=analysed_weights(cfg)
+    )
     return model.eval()
 
 
@@ -273,6 +308,8 @@ def main(args) -> dict:
             **result,
             "config_file": args.config_file,
             "checkpoint": cfg.train.init_checkpoint,
+            "weights": analysed_weights(cfg),
+            "eval_stage": eval_stage(cfg) or result["num_stages"],
             "overrides": list(args.opts),
             "world_size": comm.get_world_size(),
         }

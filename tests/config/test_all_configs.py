@@ -71,28 +71,15 @@ def _model_fragment(recipe: str) -> str:
 # Overrides that shrink a model so that building it is cheap (keyed by path under the repo): each
 # table entry's for its recipes and the model fragment its baseline recipe imports.
 TINY_OVERRIDES: dict[str, list[str]] = {
-    f"projects/sqr/configs/{name}": list(entry.tiny)
+    f"projects/sqr/configs/{name}": list(recipe.tiny)
     for entry in table.DETECTORS
+    for recipe in (entry, *entry.variants)
     for name in (
-        entry.config,
-        entry.baseline_config,
-        _model_fragment(entry.baseline_config),
+        recipe.config,
+        recipe.baseline_config,
+        _model_fragment(recipe.baseline_config),
     )
 }
-# RT-DETRv2's other depths (the table's entry is R18vd): its tiny overrides, with the width-16
-# test backbone's channels for BottleNeck depths.
-TINY_OVERRIDES.update(
-    {
-        _ids(path): [
-            "model.encoder.in_channels=[128, 256, 512]"
-            if o.startswith("model.encoder.in_channels=") and "r50" in path.name
-            else o
-            for o in table.TINY_RTDETRV2
-        ]
-        for path in (REPO / "projects/sqr/configs").rglob("*rtdetrv2_r*.py")
-        if _ids(path) not in TINY_OVERRIDES
-    }
-)
 # The released weights' configs evaluate a Deformable-DETR recipe's model.
 TINY_OVERRIDES.update(
     {
@@ -160,6 +147,7 @@ def test_every_model_config_has_tiny_overrides() -> None:
     has_model = {_ids(p) for p in loadable if "model" in LazyConfig.load(str(p))}
     tiny_by_design = {
         "projects/sqr/configs/quickstart/sqr_dab_detr_synthetic.py",
+        "projects/sqr/configs/quickstart/sqr_rtdetrv2_synthetic.py",
         "tests/configs/standin_synthetic.py",
         "tests/configs/standin_bn_synthetic.py",
     }

@@ -14,14 +14,22 @@ from sqr.config import LazyConfig, instantiate
 from sqr.modeling import table
 from sqr.modeling.converters import convert, detect_format, is_native
 
-CASES = [(entry, fmt) for entry in table.DETECTORS for fmt in entry.formats]
+# Each format on the entry's recipe and on every variant (the official key set of each depth).
+CASES = [
+    (entry, recipe.config, fmt)
+    for entry in table.DETECTORS
+    for recipe in (entry, *entry.variants)
+    for fmt in entry.formats
+]
 
 
 @pytest.mark.parametrize(
-    ("entry", "fmt"), CASES, ids=[f"{entry.name}-{fmt}" for entry, fmt in CASES]
+    ("entry", "config", "fmt"),
+    CASES,
+    ids=[f"{config.removesuffix('.py')}-{fmt}" for _, config, fmt in CASES],
 )
-def test_format_round_trip(entry: table.DetectorEntry, fmt: str) -> None:
-    cfg = LazyConfig.load(str(CONFIGS / entry.config))
+def test_format_round_trip(entry: table.DetectorEntry, config: str, fmt: str) -> None:
+    cfg = LazyConfig.load(str(CONFIGS / config))
     state, overrides = foreign_checkpoint(fmt, cfg.model)
     assert detect_format(state) == fmt
     assert not is_native(state)

@@ -23,7 +23,8 @@ RECIPES = sorted(path.name for path in CONFIGS.glob("*.py"))
 def test_every_recipe_belongs_to_exactly_one_entry() -> None:
     owners = Counter()
     for entry in table.DETECTORS:
-        owners.update({entry.config, entry.baseline_config})
+        for recipe in (entry, *entry.variants):
+            owners.update({recipe.config, recipe.baseline_config})
     assert sorted(owners) == RECIPES, "recipes without an entry, or entries without a recipe"
     assert set(owners.values()) == {1}, owners
 

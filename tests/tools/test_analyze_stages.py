@@ -111,3 +111,30 @@ def test_two_processes_give_the_single_process_result(
         assert a == pytest.approx(b)
     for key in ("oracle_AP", "final_query_AP"):
         assert double["oracle"][key] == pytest.approx(single["oracle"][key])
+
+
+def test_a_shallow_evaluation_is_analysed_at_full_depth_with_its_ema(
+    tool, datasets_dir, tmp_path: Path
+) -> None:
+    # RT-DETRv2 evaluating its first stage only (eval_idx=0), trained with a moving average:
+    # the analysis decodes all 3 stages from the EMA weights and names the evaluated stage.
+    config = str(REPO / "projects/sqr/configs/quickstart/sqr_rtdetrv2_synthetic.py")
+    overrides = [*SMALL, "model.decoder.eval_idx=0", "train.ema.enabled=True"]
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(config), overrides)
+    torch.manual_seed(0)
+    trained = instantiate(cfg.model).state_dict()
+    averaged = {k: v.clone() for k, v in trained.items()}
+    averaged["class_embed.1.bias"] += 1.0  # tells the two apart
+    path = tmp_path / "model.pth"
+    torch.save({"model": trained, "ema": {"module": averaged, "updates": 3}}, path)
+    out = tmp_path / "analysis"
+    args = tool.build_parser().parse_args(
+        ["--config-file", config, "--output-dir", str(out), "--num-images", "2", *overrides]
+        + [f"train.init_checkpoint={path}"]
+    )
+    result = tool.main(args)
+    assert result["num_stages"] == 3 and len(result["stage_ap"]) == 3
+    assert result["eval_stage"] == 1 and result["weights"] == "ema"
+    model = tool.build_model(tool.setup(args))
+    assert model.decoder.num_eval_stages == 3
+    assert torch.equal(model.state_dict()["class_embed.1.bias"], averaged["class_embed.1.bias"])
