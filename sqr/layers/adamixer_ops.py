@@ -106,6 +106,16 @@ def level_weights(z: torch.Tensor, strides: Sequence[int], tau: float = 2.0) -> 
     return torch.softmax(-((z[..., None] - levels) ** 2) / tau, dim=-1)
 
 
+def _extent(like: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Tensor[2] ``(width, height)`` in ``like``'s dtype and device: eagerly copied without
+    blocking the host (:func:`constant_tensor`); under ``torch.jit.trace`` computed from the
+    traced sizes (0-d tensors), so that the image size remains a dynamic axis of the graph. The
+    values are the same whole numbers either way."""
+    if torch.jit.is_tracing():
+        return torch.stack([torch.as_tensor(width), torch.as_tensor(height)]).to(like)
+    return constant_tensor(like, [width, height])
+
+
 def sampling_3d(
     points: torch.Tensor,
     features: Sequence[torch.Tensor],
@@ -140,7 +150,7 @@ def sampling_3d(
     out = None
     for level, (feature, stride) in enumerate(zip(features, strides, strict=True)):
         height, width = feature.shape[-2:]
-        extent = constant_tensor(xy, [width * stride, height * stride])
+        extent = _extent(xy, height * stride, width * stride)
         grid = xy / extent * 2 - 1
         value = feature.reshape(batch * groups, channels // groups, height, width)
         sampled = F.grid_sample(

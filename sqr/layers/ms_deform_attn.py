@@ -87,7 +87,9 @@ class ProjectedValue(NamedTuple):
     projection's layout, for every query of the layer to sample."""
 
     value: torch.Tensor  #: Tensor[B, S, M, D]: M heads of D channels, the levels side by side.
-    spatial_shapes: tuple[tuple[int, int], ...]  #: (H_l, W_l) per level, in the order of S.
+    #: (H_l, W_l) per level, in the order of S (:func:`level_sizes`: the traced sizes under
+    #: ``torch.jit.trace``).
+    spatial_shapes: tuple[tuple[int, int], ...]
 
 
 def _triton_import_error() -> str | None:
@@ -220,12 +222,12 @@ def ms_deform_attn_sample_pytorch(
         # grid_sample wants [-1, 1] grids per (image, head): [B*M, N, L, P, 2].
         grids = (2 * at_least_float32(sampling_locations) - 1).transpose(1, 2).flatten(0, 1)
         weights = at_least_float32(attention_weights).transpose(1, 2).flatten(0, 1).unsqueeze(1)
-        out, start = None, 0
+        out = None
+        # split, not slices from a running offset: traced sizes stay sizes (dynamic axes).
+        level_values = value.split([height * width for height, width in spatial_shapes], 1)
         for level, (height, width) in enumerate(spatial_shapes):
             # [B, HW, M, D] -> [B*M, D, H, W]: grid_sample's layout (a copy per level).
-            level_value = value[:, start : start + height * width]
-            level_map = level_value.permute(0, 2, 3, 1).reshape(-1, head_dim, height, width)
-            start += height * width
+            level_map = level_values[level].permute(0, 2, 3, 1).reshape(-1, head_dim, height, width)
             sampled = F.grid_sample(
                 at_least_float32(level_map),
                 grids[:, :, level],
@@ -237,6 +239,30 @@ def ms_deform_attn_sample_pytorch(
             term = (sampled * weights[:, :, :, level]).sum(-1)  # [B*M, D, N]
             out = term if out is None else out + term
     return out.view(batch, heads * head_dim, num_queries).transpose(1, 2)
+
+
+def level_sizes(spatial_shapes: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """``spatial_shapes`` as a tuple of ``(int, int)``; under ``torch.jit.trace`` the sizes stay
+    the traced ones (0-d tensors), so that the image size remains a dynamic axis of the graph
+    (``int()`` would record each as a constant)."""
+    if torch.jit.is_tracing():
+        return tuple((h, w) for h, w in spatial_shapes)
+    return tuple((int(h), int(w)) for h, w in spatial_shapes)
+
+
+def level_extents(like: torch.Tensor, spatial_shapes: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """Tensor[L, 2] of each level's (W_l, H_l) in ``like``'s dtype and device.
+
+    Eagerly the sizes are ints, copied to the device without blocking the host
+    (:func:`~sqr.layers.constants.constant_tensor`); under ``torch.jit.trace`` they are the
+    traced sizes, stacked so that the graph computes them from the image size. The values are
+    the same whole numbers either way (``tests/export`` runs a graph at another size than it
+    was traced at against eager PyTorch).
+    """
+    if torch.jit.is_tracing():
+        sizes = [torch.stack([torch.as_tensor(w), torch.as_tensor(h)]) for h, w in spatial_shapes]
+        return torch.stack(sizes).to(like)
+    return constant_tensor(like, [(w, h) for h, w in spatial_shapes])
 
 
 def set_backend(model: nn.Module, backend: str | None) -> int:
@@ -341,8 +367,9 @@ class MultiScaleDeformableAttention(nn.Module):
         value = self.value_proj(value)
         if padding_mask is not None:
             value = value.masked_fill(padding_mask[..., None], 0.0)
-        shapes = tuple((int(h), int(w)) for h, w in spatial_shapes)
-        return ProjectedValue(value.view(batch, length, self.num_heads, -1), shapes)
+        return ProjectedValue(
+            value.view(batch, length, self.num_heads, -1), level_sizes(spatial_shapes)
+        )
 
     def forward(
         self,
@@ -390,8 +417,7 @@ class MultiScaleDeformableAttention(nn.Module):
         reference = at_least_float32(reference)[:, None, :, None, :, None, :]
         if reference.shape[-1] == 2:
             # Offsets are in pixels of each level.
-            size = [(w, h) for h, w in value.spatial_shapes]
-            normalizer = constant_tensor(offsets, size)
+            normalizer = level_extents(offsets, value.spatial_shapes)
             locations = reference + offsets / normalizer[:, None, :]
         elif reference.shape[-1] == 4:
             # Offsets are relative to the box: P steps reach half its width and height.

@@ -20,6 +20,7 @@ from sqr.layers.box_ops import at_least_float32
 from sqr.layers.ms_deform_attn import (
     ProjectedValue,
     add_to_groups,
+    level_sizes,
     ms_deform_attn_sample,
     resolve_backend,
 )
@@ -117,9 +118,9 @@ class DeformableAttentionV2(nn.Module):
             raise ValueError(f"got {len(spatial_shapes)} levels, expected {self.num_levels}")
         if sum(h * w for h, w in spatial_shapes) != length:
             raise ValueError(f"spatial_shapes {list(spatial_shapes)} do not cover {length} tokens")
-        shapes = tuple((int(h), int(w)) for h, w in spatial_shapes)
         return ProjectedValue(
-            self.value_proj(value).view(batch, length, self.num_heads, -1), shapes
+            self.value_proj(value).view(batch, length, self.num_heads, -1),
+            level_sizes(spatial_shapes),
         )
 
     def forward(
