@@ -230,6 +230,11 @@ DETECTORS: tuple[DetectorEntry, ...] = (
             Variant("sqr_rtdetrv2_r34vd_120e.py", TINY_RTDETRV2),
             Variant("sqr_rtdetrv2_r50vd_m_7x.py", _TINY_RTDETRV2_BOTTLENECK),
             Variant("sqr_rtdetrv2_r50vd_6x.py", _TINY_RTDETRV2_BOTTLENECK),
+            # A wider encoder than decoder, as RT-DETRv2-X's.
+            Variant(
+                "sqr_rtdetrv2_r101vd_6x.py",
+                (*_TINY_RTDETRV2_BOTTLENECK, "model.encoder.hidden_dim=48"),
+            ),
         ),
     ),
 )

@@ -72,6 +72,21 @@ OFFICIAL = {
         collate_stop=71,
         backbone="sqr://presnet50_vd",
     ),
+    "rtdetrv2_r101vd_6x": dict(
+        depth=101,
+        freeze_at=0,
+        freeze_norm=True,
+        in_channels=[512, 1024, 2048],
+        expansion=1.0,
+        num_layers=6,
+        eval_idx=-1,
+        epochs=72,
+        transforms_stop=71,
+        collate_stop=71,
+        backbone="sqr://presnet101_vd",
+        encoder_hidden=384,
+        encoder_ffn=2048,
+    ),
 }
 # The optimizer's `params` lists: (regex over the official parameter names, group options).
 # r18vd replaces the base list with its one group; r50vd_m and r50vd restate the base list.
@@ -88,10 +103,15 @@ OFFICIAL_GROUPS = {
     ],
     "rtdetrv2_r50vd_m_7x": BASE_GROUPS,
     "rtdetrv2_r50vd_6x": BASE_GROUPS,
+    "rtdetrv2_r101vd_6x": [
+        (r"^(?=.*backbone)(?!.*norm|bn).*$", {"lr": 1e-6}),
+        BASE_GROUPS[1],
+    ],
 }
 RECIPES = sorted(OFFICIAL)
 # The width-16 test backbone's res3..res5 channels (BasicBlock x1, BottleNeck x4).
 TINY_IN_CHANNELS = {18: [32, 64, 128], 34: [32, 64, 128], 50: [128, 256, 512]}
+TINY_IN_CHANNELS[101] = TINY_IN_CHANNELS[50]
 
 
 def load(name: str):
@@ -116,8 +136,13 @@ def test_recipe_has_the_official_hyper_parameters(name: str) -> None:
     assert list(backbone.return_idx) == [1, 2, 3] and backbone.width == 64
     assert list(encoder.in_channels) == official["in_channels"]
     assert (encoder.expansion, encoder.depth_mult) == (official["expansion"], 1.0)
-    assert cfg.model.embed_dim == 256  # HybridEncoder.hidden_dim and the decoder's
-    assert (encoder.dim_feedforward, encoder.num_heads, encoder.dropout) == (1024, 8, 0.0)
+    assert cfg.model.embed_dim == 256  # the decoder's hidden_dim
+    # HybridEncoder's hidden_dim, the decoder's feat_channels (None: the same as its own).
+    encoder_hidden = official.get("encoder_hidden", 256)
+    assert encoder.hidden_dim == encoder_hidden
+    assert (cfg.model.get("feat_channels") or 256) == encoder_hidden
+    encoder_ffn = official.get("encoder_ffn", 1024)
+    assert (encoder.dim_feedforward, encoder.num_heads, encoder.dropout) == (encoder_ffn, 8, 0.0)
     assert list(encoder.use_encoder_idx) == [2] and encoder.num_encoder_layers == 1
     assert (encoder.encoder_activation, encoder.activation) == ("gelu", "silu")
     assert (decoder.num_stages, decoder.eval_idx) == (official["num_layers"], official["eval_idx"])

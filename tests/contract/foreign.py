@@ -70,6 +70,7 @@ def official_rtdetrv2_arch(model: DictConfig) -> OfficialRTDETRv2:
         freeze_norm=model.backbone.freeze_norm,
         in_channels=tuple(model.encoder.in_channels),
         hidden_dim=model.embed_dim,
+        encoder_hidden_dim=model.encoder.hidden_dim,
         expansion=model.encoder.expansion,
         depth_mult=model.encoder.depth_mult,
         encoder_ffn=model.encoder.dim_feedforward,

@@ -64,6 +64,7 @@ class OfficialRTDETRv2:
     freeze_norm: bool = False
     in_channels: Sequence[int] = (128, 256, 512)
     hidden_dim: int = 256
+    encoder_hidden_dim: int | None = None  # HybridEncoder's hidden_dim (None: hidden_dim)
     expansion: float = 0.5
     depth_mult: float = 1.0
     encoder_ffn: int = 1024
@@ -114,7 +115,7 @@ def official_rtdetrv2_state(make: Make, arch: OfficialRTDETRv2) -> dict[str, tor
     backbone = official_presnet_shapes(arch.depth, batch_norm=not arch.freeze_norm)
     for key, shape in backbone.items():
         state[f"backbone.{key}"] = make(*shape) if shape else torch.tensor(0)
-    h = arch.hidden_dim
+    h = arch.encoder_hidden_dim or arch.hidden_dim
     # HybridEncoder: v2 input projections, one AIFI layer on the last level, FPN and PAN.
     for level, c_in in enumerate(arch.in_channels):
         _conv_norm(state, make, f"encoder.input_proj.{level}", c_in, h, 1)
@@ -137,10 +138,11 @@ def official_rtdetrv2_state(make: Make, arch: OfficialRTDETRv2) -> dict[str, tor
                 _conv_norm(state, make, f"{block}.bottlenecks.{b}.conv2", hidden, hidden, 1)
             if hidden != h:  # conv3 is an Identity otherwise
                 _conv_norm(state, make, f"{block}.conv3", hidden, h, 1)
-    # RTDETRTransformerv2.
+    # RTDETRTransformerv2, its input projections from the encoder's channels (feat_channels).
     levels, points = len(arch.num_points), sum(arch.num_points)
     for level in range(levels):
-        _conv_norm(state, make, f"decoder.input_proj.{level}", h, h, 1)
+        _conv_norm(state, make, f"decoder.input_proj.{level}", h, arch.hidden_dim, 1)
+    h = arch.hidden_dim
     for i in range(arch.num_layers):
         layer = f"decoder.decoder.layers.{i}"
         _attention(state, make, f"{layer}.self_attn", h)

@@ -206,3 +206,16 @@ def test_agnostic_selection_scores_one_class_and_supervises_it_as_one() -> None:
 def test_unknown_query_select_method_is_refused() -> None:
     with pytest.raises(ValueError, match="one2many"):
         RTDETRQuerySelection(8, 3, 5, "one2many")
+
+
+def test_a_wider_encoder_feeds_the_decoder_through_its_input_projections() -> None:
+    # RT-DETRv2-X: 384 encoder channels into a 256-wide decoder (here 48 into 32).
+    (variant,) = [v for v in ENTRY.variants if v.config == "sqr_rtdetrv2_r101vd_6x.py"]
+    model = detectors.build_detector(CONFIGS / variant.baseline_config, variant.tiny)
+    assert model.encoder.hidden_dim == 48 and model.input_proj[0].conv.in_channels == 48
+    assert model.input_proj[0].conv.out_channels == 32
+    losses = model.train()(batch())
+    assert all(torch.isfinite(v) for v in losses.values())
+    with torch.no_grad():
+        outputs = model.eval()(batch())
+    assert outputs[0]["boxes"].shape == (10, 4)

@@ -158,6 +158,9 @@ class RTDETRv2(QueryDetector):
         denoising: builds the contrastive denoising queries of a training batch.
         num_queries: queries selected from the encoder tokens.
         embed_dim: transformer channels.
+        feat_channels: channels of the encoder's levels, projected to ``embed_dim`` by
+            ``input_proj`` (the official decoder's ``feat_channels``; RT-DETRv2-X: 384);
+            None: ``embed_dim``.
         query_select_method, learn_query_content: see :class:`RTDETRQuerySelection`.
         inverse_sigmoid_eps: clamp of the logit used to refine boxes (RT-DETR: 1e-5).
         msda_backend: sampling backend of every cross-attention (None: ``$SQR_MSDA``, else
@@ -180,6 +183,7 @@ class RTDETRv2(QueryDetector):
         num_classes: int = 80,
         num_queries: int = 300,
         embed_dim: int = 256,
+        feat_channels: int | None = None,
         query_select_method: str = "default",
         learn_query_content: bool = False,
         pixel_mean: Sequence[float] = (0.0, 0.0, 0.0),
@@ -220,7 +224,7 @@ class RTDETRv2(QueryDetector):
         self.input_proj = nn.ModuleList(
             nn.Sequential(
                 OrderedDict(
-                    conv=nn.Conv2d(embed_dim, embed_dim, 1, bias=False),
+                    conv=nn.Conv2d(feat_channels or embed_dim, embed_dim, 1, bias=False),
                     norm=nn.BatchNorm2d(embed_dim),
                 )
             )
