@@ -13,6 +13,9 @@ train = dict(
     reference_total_batch_size=None,
     amp=dict(enabled=False, dtype="bfloat16"),  # "float16" adds a grad scaler (CUDA only)
     ddp=dict(find_unused_parameters=False, broadcast_buffers=False),
+    # BatchNorm statistics over all processes' images (torch.nn.SyncBatchNorm; GPUs only, a
+    # CPU run warns and keeps per-process statistics). RT-DETR trains with it.
+    sync_bn=False,
     clip_grad=dict(enabled=False, params=dict(max_norm=0.1, norm_type=2.0)),
     # An exponential moving average of the weights (sqr.engine.ModelEMA, RT-DETR's rule: decay
     # decay * (1 - exp(-updates / warmups)), one update per optimizer step). When enabled, the

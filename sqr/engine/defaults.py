@@ -403,3 +403,29 @@ def check_num_classes(model: torch.nn.Module, dataset: Any) -> None:
                 classes,
                 name,
             )
+
+
+def with_sync_batch_norm(model: torch.nn.Module, device: str, world_size: int) -> torch.nn.Module:
+    """``model`` with every BatchNorm converted to :class:`torch.nn.SyncBatchNorm` (statistics
+    over the whole batch of all processes, RT-DETR's ``sync_bn``) for a multi-GPU run.
+
+    Frozen norms (FrozenBatchNorm2d) are not BatchNorms and stay as they are. The parameters
+    and buffers are the same tensors, so an optimizer built before still steps them.
+
+    Args:
+        model: the model before DistributedDataParallel wraps it.
+        device: ``train.device``; SyncBatchNorm runs on GPUs only, so a CPU (gloo) run keeps
+            per-process statistics and says so.
+        world_size: processes of the run; one process has nothing to synchronise.
+    """
+    if world_size <= 1:
+        return model
+    if device != "cuda":
+        logger.warning(
+            "train.sync_bn=True is ignored on %s: SyncBatchNorm runs on GPUs only, so each of "
+            "the %d processes normalises with its own batch statistics",
+            device,
+            world_size,
+        )
+        return model
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -150,6 +150,7 @@ def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
         check_dataset_images,
         check_optimizer_options,
         save_config_record,
+        with_sync_batch_norm,
     )
     from sqr.utils import comm
     from sqr.utils.events import CommonMetricPrinter, JSONWriter, TensorboardWriter
@@ -166,6 +167,8 @@ def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
     max_iter = max_iterations(cfg, train_loader)
+    if cfg.train.get("sync_bn", False):
+        model = with_sync_batch_norm(model, cfg.train.device, comm.get_world_size())
     if comm.get_world_size() > 1:
         device_ids = [comm.get_local_rank()] if cfg.train.device == "cuda" else None
         model = DistributedDataParallel(model, device_ids=device_ids, **cfg.train.ddp)

@@ -154,6 +154,7 @@ def test_recipe_has_the_official_hyper_parameters(name: str) -> None:
 
     train = cfg.train
     assert train.init_checkpoint == official["backbone"]
+    assert train.sync_bn  # runtime.yml
     assert (train.max_epochs, train.max_iter) == (official["epochs"], None)
     assert train.amp.enabled and train.amp.dtype == "float16"
     assert train.ema.enabled and (train.ema.decay, train.ema.warmups) == (0.9999, 2000)

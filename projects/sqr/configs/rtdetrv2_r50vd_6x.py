@@ -43,3 +43,4 @@ optimizer.params.lr_factors = {"backbone": 0.1}
 dataloader.train.total_batch_size = 16
 dataloader.train.mapper.augmentation.stop_epoch = 71
 dataloader.train.collate_fn.stop_epoch = 71
+train.sync_bn = True  # runtime.yml: BatchNorm statistics over all GPUs
