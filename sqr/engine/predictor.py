@@ -135,7 +135,8 @@ class Predictor:
     With ``backend="onnxruntime"`` (or ``"torch-export"``) ``weights`` is a model exported by
     ``sqr-export`` (``model.onnx``, run by onnxruntime on the CPU; ``model.pt2``), which gives
     the PyTorch backend's detections (README, Deploy); the config still gives the test
-    transform and the class names. Consecutive images of one size form a batch there.
+    transform and the class names. Every backend batches the images of a call as evaluation
+    does: padded to the largest, each with its padding mask (:func:`sqr.export.batch_for_graph`).
 
     Args:
         cfg: The training config, or the path of its file (loaded with ``LazyConfig.load``).
@@ -196,8 +197,22 @@ class Predictor:
         self.device = torch.device(resolve_device(device or cfg.train.get("device", "auto")))
         self.model = model.to(self.device).eval()
 
-    def _model_input(self, image: ImageInput) -> dict[str, Any]:
-        """Decode and transform one image into the model's input dict, as the test mapper does."""
+    def preprocess(self, image: ImageInput) -> dict[str, Any]:
+        """One image as the model takes it: decoded and resized by the test transform, as the
+        test mapper does. Every backend runs on this, and ``sqr-export`` checks its graphs on it.
+
+        Args:
+            image: as in :meth:`__call__` (one image).
+
+        Returns:
+            ``{"image": uint8 Tensor[3, H, W] RGB after the test transform, "height": int,
+            "width": int}``, the last two the original image's size (boxes come back in its
+            pixels). The exported graphs take it normalised and batched
+            (:func:`sqr.export.batch_for_graph`).
+
+        Raises:
+            As :meth:`__call__`.
+        """
         tensor = _to_tensor(image)
         resized = self.transform({"image": tv_tensors.Image(tensor)})["image"]
         # The model reports boxes in height x width: the original image's pixels.
@@ -253,7 +268,7 @@ class Predictor:
         predictions, dropped = [], 0
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
-                inputs = [self._model_input(x) for x in images[start : start + self.batch_size]]
+                inputs = [self.preprocess(x) for x in images[start : start + self.batch_size]]
                 for output in self.model(inputs):
                     prediction, num_dropped = self._format(output)
                     predictions.append(prediction)

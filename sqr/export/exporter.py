@@ -3,13 +3,15 @@
 The exporter was chosen by measurement (README, Deploy): ``torch.onnx.export`` with TorchScript
 tracing (``dynamo=False``) exports every detector, its graphs match eager PyTorch to 1e-4 px, and
 it takes seconds; the dynamo exporter gave the same graphs for DAB-DETR but took minutes per
-tiny model. Tracing records Python ints as constants, so the models whose multi-scale deformable
-attention or AdaMixer's sampling read the level sizes as ints (Deformable-DETR, DINO, AdaMixer)
-get a fixed image size (:func:`fixed_size_reason`); the batch axis is dynamic for every model.
+tiny model. Tracing records Python ints as constants; the layers read the level sizes from
+tensor shapes while tracing (:func:`~sqr.layers.ms_deform_attn.level_sizes`), so the batch and
+the image size are dynamic axes of every detector's graph, except where
+:func:`fixed_size_reason` names a reason.
 
 Deformable attention is exported through its PyTorch path (``F.grid_sample``: ONNX
 ``GridSample``, opset >= 16): the model is moved to the CPU and every
-:class:`~sqr.layers.ms_deform_attn.MultiScaleDeformableAttention` is set to the ``"pytorch"``
+:class:`~sqr.layers.ms_deform_attn.MultiScaleDeformableAttention` and
+:class:`~sqr.layers.ms_deform_attn_v2.DeformableAttentionV2` is set to the ``"pytorch"``
 backend, so the Triton kernels are never traced.
 """
 
@@ -21,8 +23,8 @@ import warnings
 
 import torch
 
-from sqr.layers.adamixer_ops import AdaptiveSampling
-from sqr.layers.ms_deform_attn import MultiScaleDeformableAttention, set_backend
+from sqr.layers.ms_deform_attn import set_backend
+from sqr.layers.ms_deform_attn_v2 import DeformableAttentionV2
 from sqr.modeling.detectors import QueryDetector
 from sqr.utils.file_io import write_atomically
 
@@ -50,17 +52,15 @@ class UnexportableOptionError(ValueError):
 
 
 def fixed_size_reason(detector: QueryDetector) -> str | None:
-    """Why tracing fixes ``detector``'s image size, or None when the size is a dynamic axis."""
-    if any(isinstance(m, MultiScaleDeformableAttention) for m in detector.modules()):
-        return (
-            "multi-scale deformable attention reads each level's size as a Python int, which "
-            "the trace records as a constant"
-        )
-    if any(isinstance(m, AdaptiveSampling) for m in detector.modules()):
-        return (
-            "AdaMixer's 3-d sampling normalises points by each level's extent, built from Python "
-            "ints, which the trace records as a constant"
-        )
+    """Why tracing fixes ``detector``'s image size in the ONNX graph, or None when the size is
+    a dynamic axis (a ``torch.export`` program always has the example's size)."""
+    for name, module in detector.named_modules():
+        if isinstance(module, DeformableAttentionV2) and module.method == "discrete":
+            return (
+                f"{name}: RT-DETRv2's discrete sampling (cross_attn_method='discrete') builds "
+                "each level's size into a tensor from Python ints, which the trace records as "
+                "constants"
+            )
     return None
 
 
@@ -84,7 +84,12 @@ def prepare_for_export(detector: QueryDetector) -> QueryDetector:
                 "in training, the exported graph is the evaluation path",
                 name or type(detector).__name__,
             )
-    if set_backend(detector, "pytorch"):
+    deformable = set_backend(detector, "pytorch")
+    for module in detector.modules():
+        if isinstance(module, DeformableAttentionV2):  # RT-DETRv2's, which set_backend skips
+            module.backend = "pytorch"
+            deformable += 1
+    if deformable:
         logger.info("Multi-scale deformable attention exports through its PyTorch path")
     for name, param in detector.named_parameters():
         if param.dtype != torch.float32:
@@ -111,8 +116,22 @@ def _metadata(detector: QueryDetector, exporter: str, fixed: tuple[int, int] | N
     ).to_json()
 
 
+def _example(
+    images: torch.Tensor, orig_sizes: torch.Tensor, image_sizes: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The example inputs to trace, ``image_sizes`` defaulting to the whole tensor."""
+    if image_sizes is None:
+        image_sizes = torch.tensor([images.shape[-2:]], dtype=torch.int64)
+        image_sizes = image_sizes.expand(images.shape[0], 2)
+    return images, orig_sizes, image_sizes.to(torch.int64).contiguous()
+
+
 def export_onnx(
-    detector: QueryDetector, images: torch.Tensor, orig_sizes: torch.Tensor, path: str
+    detector: QueryDetector,
+    images: torch.Tensor,
+    orig_sizes: torch.Tensor,
+    path: str,
+    image_sizes: torch.Tensor | None = None,
 ) -> ExportMetadata:
     """Trace ``detector``'s evaluation on an example batch and write it as ONNX to ``path``
     (atomically: a failed export leaves an earlier file untouched).
@@ -122,6 +141,8 @@ def export_onnx(
         images: example float32 Tensor[N, 3, H, W], normalised; a fixed-size graph takes H x W.
         orig_sizes: example int64 Tensor[N, 2].
         path: the ``.onnx`` file.
+        image_sizes: example int64 Tensor[N, 2] (see :class:`DeployableDetector`); default:
+            every image fills H x W.
 
     Returns:
         The metadata written into the file (``metadata_props``).
@@ -134,8 +155,7 @@ def export_onnx(
     fixed = tuple(images.shape[-2:]) if reason else None
     if reason:
         logger.info("Image size fixed at %d x %d: %s", *fixed, reason)
-    axes = {"images": {0: "batch"}, "orig_sizes": {0: "batch"}}
-    axes.update({name: {0: "batch"} for name in OUTPUT_NAMES})
+    axes = {name: {0: "batch"} for name in (*INPUT_NAMES, *OUTPUT_NAMES)}
     if fixed is None:
         axes["images"].update({2: "height", 3: "width"})
     torch.onnx.register_custom_op_symbolic("aten::exp2", _exp2, ONNX_OPSET)
@@ -145,11 +165,13 @@ def export_onnx(
         # ones matter, and the parity check measures the result.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         # The TorchScript exporter is chosen on purpose (the module docstring says why).
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings(
+            "ignore", message="You are using the legacy TorchScript", category=DeprecationWarning
+        )
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         torch.onnx.export(
             DeployableDetector(detector),
-            (images, orig_sizes),
+            _example(images, orig_sizes, image_sizes),
             buffer,
             dynamo=False,
             opset_version=ONNX_OPSET,
@@ -166,22 +188,28 @@ def export_onnx(
 
 
 def export_program(
-    detector: QueryDetector, images: torch.Tensor, orig_sizes: torch.Tensor, path: str
+    detector: QueryDetector,
+    images: torch.Tensor,
+    orig_sizes: torch.Tensor,
+    path: str,
+    image_sizes: torch.Tensor | None = None,
 ) -> ExportMetadata:
     """``torch.export`` of ``detector``'s evaluation, saved with ``torch.export.save`` to
     ``path`` (a ``.pt2`` archive, written atomically); arguments as :func:`export_onnx`'s.
 
     The batch is a dynamic dimension; the image size is the example's (``torch.export``
-    specialises the level sizes that deformable attention reads as ints, and a fixed size
-    keeps every detector's program on one code path).
+    specialises the level sizes that the layers read as ints outside ``torch.jit.trace``, and
+    a fixed size keeps every detector's program on one code path).
     """
     batch = torch.export.Dim("batch", min=1, max=1024)
-    shapes = {"images": {0: batch}, "orig_sizes": {0: batch}}
+    shapes = {name: {0: batch} for name in INPUT_NAMES}
+    images, orig_sizes, image_sizes = _example(images, orig_sizes, image_sizes)
     if images.shape[0] == 1:  # torch.export specialises a size-1 example dimension
         images, orig_sizes = images.repeat(2, 1, 1, 1), orig_sizes.repeat(2, 1)
+        image_sizes = image_sizes.repeat(2, 1)
     with torch.no_grad():
         program = torch.export.export(
-            DeployableDetector(detector), (images, orig_sizes), dynamic_shapes=shapes
+            DeployableDetector(detector), (images, orig_sizes, image_sizes), dynamic_shapes=shapes
         )
     fixed = tuple(images.shape[-2:])
     text = _metadata(detector, "torch.export", fixed)

@@ -23,8 +23,8 @@ class ExportMetadata:
         exporter: ``"torchscript"`` or ``"dynamo"`` (ONNX), ``"torch.export"`` (ExportedProgram).
         pixel_mean, pixel_std: the RGB normalisation of the graph's input (0-255 scale).
         num_classes: labels are ``0 .. num_classes - 1``.
-        fixed_size: (height, width) every input must have, or None when the image size is a
-            dynamic axis. The batch axis is always dynamic.
+        fixed_size: (height, width) every padded batch must have, or None when the image size
+            is a dynamic axis. The batch axis is always dynamic.
     """
 
     detector: str

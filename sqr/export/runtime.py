@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from itertools import groupby
 
 import torch
 
 from .metadata import METADATA_KEY, ExportMetadata
-from .module import INPUT_NAMES, normalise_image
+from .module import INPUT_NAMES, batch_for_graph
 
 __all__ = ["DEPLOY_EXTRA_HINT", "ExportedDetector", "import_onnxruntime"]
 
@@ -49,6 +48,9 @@ class ExportedDetector:
         if self.path.endswith(".onnx"):
             ort = import_onnxruntime()
             self._session = ort.InferenceSession(self.path, providers=["CPUExecutionProvider"])
+            # A model that ignores padding in evaluation (mask_padding_in_eval=False) never
+            # reads image_sizes, and the exporter drops an input nothing reads.
+            self._input_names = {x.name for x in self._session.get_inputs()}
             props = self._session.get_modelmeta().custom_metadata_map
             text = props.get(METADATA_KEY)
         elif self.path.endswith(".pt2"):
@@ -66,40 +68,47 @@ class ExportedDetector:
         self._std = torch.tensor(self.metadata.pixel_std)
 
     def run(
-        self, images: torch.Tensor, orig_sizes: torch.Tensor
+        self, images: torch.Tensor, orig_sizes: torch.Tensor, image_sizes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The graph on one batch (see :class:`~sqr.export.DeployableDetector`).
 
         Args:
-            images: float32 Tensor[N, 3, H, W], normalised.
+            images: float32 Tensor[N, 3, H, W], normalised and padded (:func:`batch_for_graph`).
             orig_sizes: int64 Tensor[N, 2], (height, width) of the original images.
+            image_sizes: int64 Tensor[N, 2], (height, width) of each image in ``images``.
 
         Returns:
             ``(boxes [N, k, 4], scores [N, k], labels [N, k], keep [N, k])`` on CPU.
 
         Raises:
-            ValueError: images of another size than a fixed-size graph's.
+            ValueError: a batch of another size than a fixed-size graph's.
         """
         fixed = self.metadata.fixed_size
         if fixed is not None and tuple(images.shape[-2:]) != fixed:
             raise ValueError(
-                f"{self.path}: the graph was exported for {fixed[0]} x {fixed[1]} images (its "
+                f"{self.path}: the graph was exported for {fixed[0]} x {fixed[1]} batches (its "
                 f"image size is fixed, see the README's Deploy section), got "
                 f"{images.shape[-2]} x {images.shape[-1]}"
             )
-        images = images.detach().to("cpu", torch.float32).contiguous()
-        orig_sizes = orig_sizes.detach().to("cpu", torch.int64).contiguous()
+        feeds = (
+            images.detach().to("cpu", torch.float32).contiguous(),
+            orig_sizes.detach().to("cpu", torch.int64).contiguous(),
+            image_sizes.detach().to("cpu", torch.int64).contiguous(),
+        )
         if hasattr(self, "_session"):
-            feeds = dict(zip(INPUT_NAMES, (images.numpy(), orig_sizes.numpy()), strict=True))
-            return tuple(torch.from_numpy(x) for x in self._session.run(None, feeds))
+            arrays = {
+                name: x.numpy()
+                for name, x in zip(INPUT_NAMES, feeds, strict=True)
+                if name in self._input_names
+            }
+            return tuple(torch.from_numpy(x) for x in self._session.run(None, arrays))
         with torch.no_grad():
-            return tuple(self._program(images, orig_sizes))
+            return tuple(self._program(*feeds))
 
     def __call__(self, batched_inputs: Sequence[dict]) -> list[dict]:
-        """Detections of each input, as the PyTorch detector's evaluation gives them.
-
-        Consecutive inputs of one image size run as one batch (each image fills its tensor:
-        no padding).
+        """Detections of each input, as the PyTorch detector's evaluation gives them: the
+        inputs run as one batch, padded to its largest image as evaluation pads it
+        (:func:`~sqr.export.batch_for_graph`).
 
         Args:
             batched_inputs: per image "image" uint8 [3, H, W] (after the test transform) and
@@ -107,24 +116,13 @@ class ExportedDetector:
 
         Returns:
             Per image {"boxes" [k, 4] xyxy in height x width, "scores" [k], "labels" [k]}.
+
+        Raises:
+            ValueError: a fixed-size graph and a batch whose largest height and width are
+                not its size.
         """
-        results = []
-        for _, run in groupby(batched_inputs, key=lambda x: tuple(x["image"].shape[-2:])):
-            group = list(run)
-            images = torch.stack(
-                [normalise_image(x["image"], self._mean, self._std) for x in group]
-            )
-            sizes = torch.tensor(
-                [
-                    (
-                        int(x.get("height", x["image"].shape[-2])),
-                        int(x.get("width", x["image"].shape[-1])),
-                    )
-                    for x in group
-                ]
-            )
-            for boxes, scores, labels, keep in zip(*self.run(images, sizes), strict=True):
-                results.append(
-                    {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
-                )
-        return results
+        graph_inputs = batch_for_graph(batched_inputs, self._mean, self._std)
+        return [
+            {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+            for boxes, scores, labels, keep in zip(*self.run(*graph_inputs), strict=True)
+        ]

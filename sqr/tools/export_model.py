@@ -13,9 +13,10 @@ graph's inputs and outputs are described in the README (Deploy) and :mod:`sqr.ex
 The check: the config's test transform of ``--num-images`` images of the config's test dataset
 (or ``--sample-images``) goes through the exported graph and through the PyTorch model; the
 detections must have the same labels, boxes within 1e-2 px and scores within 1e-4, image by
-image and as one batch of two. Anything else fails the command (exit status 1). SQR models
-export as their baselines: their evaluation is the plain decoder. The ``key=value`` config
-overrides come last.
+image and as one batch of all of them, padded to the largest as evaluation pads it (a graph of
+fixed image size is checked on the batches of its size). Anything else fails the command (exit
+status 1). SQR models export as their baselines: their evaluation is the plain decoder. The
+``key=value`` config overrides come last.
 """
 
 from __future__ import annotations
@@ -122,40 +123,41 @@ def main(args: argparse.Namespace):
 
     cfg = load_config(args)
     # The Predictor builds the model with its trained weights (a checkpoint of another model is
-    # refused) and applies the test transform exactly as it does for the PyTorch backend.
+    # refused) and preprocesses images for every backend (Predictor.preprocess).
     predictor = Predictor(cfg, device="cpu")
     detector = export.prepare_for_export(predictor.model)
     paths = _sample_images(cfg, args)
-    inputs = [predictor._model_input(p) for p in paths]
+    inputs = [predictor.preprocess(p) for p in paths]
 
-    first = inputs[0]
-    images = export.normalise_image(first["image"], detector.pixel_mean, detector.pixel_std)
-    orig_sizes = torch.tensor([[first["height"], first["width"]]])
+    images, orig_sizes, image_sizes = export.batch_for_graph(
+        inputs[:1], detector.pixel_mean, detector.pixel_std
+    )
     path = os.path.join(args.output, FILE_NAMES[args.format])
     start = time.perf_counter()
     write = export.export_onnx if args.format == "onnx" else export.export_program
-    metadata = write(detector, images[None], orig_sizes, path)
+    metadata = write(detector, images, orig_sizes, path, image_sizes)
     logger.info("Exported %s to %s in %.1f s", metadata.detector, path, time.perf_counter() - start)
 
     exported = export.ExportedDetector(path)
     fixed = metadata.fixed_size
-    checked = [(p, x) for p, x in zip(paths, inputs, strict=True)]
-    if fixed is not None:
-        skipped = [p for p, x in checked if tuple(x["image"].shape[-2:]) != fixed]
-        checked = [(p, x) for p, x in checked if tuple(x["image"].shape[-2:]) == fixed]
-        if skipped:
-            logger.info("Not checked (not %d x %d after the test transform): %s", *fixed, skipped)
-    eager, ours, names = [], [], []
+    # Each image alone, then all of them as one batch padded to the largest (mixed sizes; the
+    # first image twice when there is one): the batch axis and the padding mask.
+    batches = [([str(p)], [x]) for p, x in zip(paths, inputs, strict=True)]
+    together = inputs if len(inputs) > 1 else [inputs[0], inputs[0]]
+    names = [str(p) for p in paths] if len(inputs) > 1 else [str(paths[0])] * 2
+    batches.append(([f"{n} (batch of {len(together)})" for n in names], together))
+    eager, ours, checked = [], [], []
     with torch.no_grad():
-        for name, x in checked:
-            eager.append(detector([x])[0])
-            ours.append(exported([x])[0])
-            names.append(str(name))
-        # The batch axis: two images in one run.
-        eager.extend(detector([first, first]))
-        ours.extend(exported([first, first]))
-        names.extend([f"{paths[0]} (batch of 2, image {i})" for i in (1, 2)])
-    parity = export.compare_detections(eager, ours, names)
+        for batch_names, batch in batches:
+            height = max(x["image"].shape[-2] for x in batch)
+            width = max(x["image"].shape[-1] for x in batch)
+            if fixed is not None and (height, width) != fixed:
+                logger.info("Not checked (not %d x %d): %s", *fixed, ", ".join(batch_names))
+                continue
+            eager.extend(detector(batch))
+            ours.extend(exported(batch))
+            checked.extend(batch_names)
+    parity = export.compare_detections(eager, ours, checked)
     logger.info(
         "%s matches eager PyTorch on %d image(s), %d detection(s): boxes within %.2e px, "
         "scores within %.2e; image size %s, batch dynamic",

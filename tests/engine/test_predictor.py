@@ -79,6 +79,21 @@ def test_boxes_are_in_the_original_images_pixels(predictor: Predictor, monkeypat
     assert out["scores"].tolist() == pytest.approx([0.9])
 
 
+def test_preprocess_is_what_every_backend_gets(predictor: Predictor, monkeypatch) -> None:
+    # The public preprocessing (sqr-export checks its graphs on it): the test transform of the
+    # decoded image and the original size, exactly what __call__ hands the model.
+    model = ResizedBoxModel([[0.0, 0.0, 1.0, 1.0]], [0.5], [0])
+    monkeypatch.setattr(predictor, "model", model)
+    image = random_image(30, 47, seed=0)
+    x = predictor.preprocess(image)
+    assert x["image"].shape == (3, 128, 201) and x["image"].dtype == torch.uint8
+    assert (x["height"], x["width"]) == (30, 47)
+    predictor(image)
+    (seen,) = model.seen
+    assert seen.keys() == x.keys() and torch.equal(seen["image"], x["image"])
+    assert (seen["height"], seen["width"]) == (30, 47)
+
+
 def test_path_pil_and_array_give_identical_outputs(predictor: Predictor, tmp_path: Path) -> None:
     array = random_image(40, 60, seed=1)
     path = tmp_path / "image.png"
