@@ -18,7 +18,7 @@ from .defaults import (
     resolve_config_file,
     resolve_device,
 )
-from .ema import ModelEMA
+from .ema import ModelEMA, ema_enabled, trained_weights
 from .hooks import (
     CheckpointHook,
     EMAHook,
@@ -48,6 +48,8 @@ __all__ = [
     "LRSchedulerHook",
     "LoadReport",
     "ModelEMA",
+    "ema_enabled",
+    "trained_weights",
     "PeriodicWriter",
     "Predictor",
     "Trainer",

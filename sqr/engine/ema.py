@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+__all__ = ["ModelEMA", "ema_enabled", "trained_weights"]
+
 
 def _unwrap(model: nn.Module) -> nn.Module:
     if isinstance(model, nn.parallel.DistributedDataParallel):
@@ -102,3 +104,16 @@ class ModelEMA:
 
     def __repr__(self) -> str:
         return f"ModelEMA(decay={self.decay}, warmups={self.warmups}, updates={self.updates})"
+
+
+def ema_enabled(cfg: Mapping[str, Any]) -> bool:
+    """Whether the config's ``train.ema`` asks for a moving average (configs without the key:
+    no)."""
+    ema = cfg.get("train", {}).get("ema")
+    return bool(ema is not None and ema.get("enabled", False))
+
+
+def trained_weights(cfg: Mapping[str, Any]) -> str:
+    """Which weights of a checkpoint evaluate the config's model: ``"ema"`` where it trains a
+    moving average (its evaluations use it), else ``"model"``."""
+    return "ema" if ema_enabled(cfg) else "model"

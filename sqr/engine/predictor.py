@@ -22,6 +22,7 @@ from sqr.data.mapper import _HIGH_BIT_DEPTH_MODES, _high_bit_depth_to_uint8, rea
 
 from .checkpoint import load_trained_weights
 from .defaults import resolve_device
+from .ema import trained_weights
 
 __all__ = ["ImageInput", "Predictor"]
 
@@ -114,8 +115,9 @@ def _dataset_class_names(cfg: DictConfig) -> list[str]:
 class Predictor:
     """Run a trained detector on single images, as detectron2's ``DefaultPredictor`` does.
 
-    Builds ``cfg.model`` in eval mode, loads trained weights (a checkpoint of another model is
-    refused, see :func:`~sqr.engine.load_trained_weights`), and preprocesses each image with the
+    Builds ``cfg.model`` in eval mode, loads trained weights (the checkpoint's EMA where the
+    config trains one, as its evaluation does; a checkpoint of another model is refused, see
+    :func:`~sqr.engine.load_trained_weights`), and preprocesses each image with the
     config's test transform, ``cfg.dataloader.test.mapper.augmentation``, so that predictions
     match those of evaluation. Example::
 
@@ -192,7 +194,10 @@ class Predictor:
             return
         model = instantiate(cfg.model)
         load_trained_weights(
-            model, weights or cfg.train.get("init_checkpoint", ""), purpose="Predictor"
+            model,
+            weights or cfg.train.get("init_checkpoint", ""),
+            purpose="Predictor",
+            weights=trained_weights(cfg),
         )
         self.device = torch.device(resolve_device(device or cfg.train.get("device", "auto")))
         self.model = model.to(self.device).eval()

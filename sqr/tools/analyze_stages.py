@@ -107,17 +107,12 @@ def eval_stage(cfg: DictConfig) -> int | None:
     return eval_idx % cfg.model.decoder.num_stages + 1 if eval_idx < 0 else eval_idx + 1
 
 
-def analysed_weights(cfg: DictConfig) -> str:
-    """Which weights of the checkpoint are analysed: its EMA where the config trains one."""
-    from sqr.tools.train_net import ema_enabled
-
-    return "ema" if ema_enabled(cfg) else "model"
 
 
 def build_model(cfg: DictConfig) -> torch.nn.Module:
     """The config's model at full decoder depth with ``train.init_checkpoint`` loaded (its EMA
     weights where the config trains them), in eval mode."""
-    from sqr.engine import load_trained_weights
+    from sqr.engine import load_trained_weights, trained_weights
 
     model_cfg = cfg.model
     if eval_stage(cfg) is not None:  # every stage, not the evaluated ones only
@@ -125,7 +120,7 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
         model_cfg.decoder.eval_idx = -1
     model = instantiate(model_cfg).to(cfg.train.device)
     load_trained_weights(
-        model, cfg.train.init_checkpoint, purpose="the analysis", weights=analysed_weights(cfg)
+        model, cfg.train.init_checkpoint, purpose="the analysis", weights=trained_weights(cfg)
     )
     return model.eval()
 
@@ -295,6 +290,7 @@ def plot(result: dict, path: str) -> None:
 
 
 def main(args) -> dict:
+    from sqr.engine import trained_weights
     from sqr.utils import comm
 
     cfg = setup(args)
@@ -308,7 +304,7 @@ def main(args) -> dict:
             **result,
             "config_file": args.config_file,
             "checkpoint": cfg.train.init_checkpoint,
-            "weights": analysed_weights(cfg),
+            "weights": trained_weights(cfg),
             "eval_stage": eval_stage(cfg) or result["num_stages"],
             "overrides": list(args.opts),
             "world_size": comm.get_world_size(),

@@ -79,12 +79,6 @@ def max_iterations(cfg: DictConfig, loader) -> int:
     return max_iter if max_iter is not None else max_epochs * per_epoch
 
 
-def ema_enabled(cfg: DictConfig) -> bool:
-    """Whether ``train.ema`` asks for a moving average (configs without the key: no)."""
-    ema = cfg.train.get("ema")
-    return bool(ema is not None and ema.get("enabled", False))
-
-
 def _build_ema(cfg: DictConfig, model: torch.nn.Module, extra: dict, *, resuming: bool):
     """The run's :class:`~sqr.engine.ModelEMA`, started from the loaded weights, or on
     ``--resume`` restored from the checkpoint's ``"ema"`` entry."""
@@ -209,6 +203,8 @@ def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
             restore_rng_state(rng[comm.get_rank()])
         else:
             logger.warning("checkpoint has no RNG state for this world size; keeping fresh seeds")
+    from sqr.engine import ema_enabled
+
     ema = None
     if ema_enabled(cfg):
         ema = _build_ema(cfg, checkpointer.model, extra, resuming=resuming)
@@ -251,12 +247,12 @@ def do_train(cfg: DictConfig, args, model: torch.nn.Module) -> None:
 def do_eval_only(cfg: DictConfig, args, model: torch.nn.Module) -> dict:
     """Load ``train.init_checkpoint`` (its EMA weights with ``train.ema.enabled``), evaluate, and
     write ``eval_results.json``."""
-    from sqr.engine import load_trained_weights
+    from sqr.engine import load_trained_weights, trained_weights
     from sqr.engine.defaults import save_config_record
     from sqr.utils import comm
 
     path = cfg.train.init_checkpoint
-    weights = "ema" if ema_enabled(cfg) else "model"
+    weights = trained_weights(cfg)
     load_trained_weights(model, path, purpose="--eval-only", weights=weights)
     if comm.is_main_process() and cfg.train.output_dir:
         save_config_record(cfg, cfg.train.output_dir, kind="eval")

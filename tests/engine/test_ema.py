@@ -18,7 +18,9 @@ from sqr.engine import (
     ModelEMA,
     Trainer,
     check_train_options,
+    ema_enabled,
     load_config,
+    trained_weights,
 )
 
 STANDIN_BN_CONFIG = str(REPO / "tests" / "configs" / "standin_bn_synthetic.py")
@@ -248,5 +250,5 @@ def test_disabled_has_no_ema_and_trains_as_before(
 
 def test_standin_config_default_is_off(train_net) -> None:
     cfg = load_config(parse("--config-file", STANDIN_BN_CONFIG))
-    assert not train_net.ema_enabled(cfg)
+    assert not ema_enabled(cfg) and trained_weights(cfg) == "model"
     assert dict(cfg.train.ema) == {"enabled": False, "decay": 0.9999, "warmups": 2000}

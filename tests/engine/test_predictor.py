@@ -222,3 +222,21 @@ def test_refuses_missing_and_foreign_weights(datasets_dir, tmp_path: Path) -> No
         Predictor(STANDIN_CONFIG, str(foreign))
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         Predictor(STANDIN_CONFIG, str(foreign), batch_size=0)
+
+
+def test_a_config_that_trains_an_ema_predicts_with_it(datasets_dir, tmp_path: Path) -> None:
+    # As --eval-only: the weights a config evaluates are its moving average where it has one.
+    torch.manual_seed(0)
+    trained = StandInDetector(num_classes=4).state_dict()
+    averaged = {k: v + 1.0 if v.is_floating_point() else v for k, v in trained.items()}
+    path = tmp_path / "with_ema.pth"
+    torch.save({"model": trained, "ema": {"module": averaged, "updates": 5}}, path)
+    cfg = LazyConfig.load(STANDIN_CONFIG)
+    plain = Predictor(cfg, str(path)).model.state_dict()
+    assert all(torch.equal(plain[k], v) for k, v in trained.items())
+    cfg.train.ema.enabled = True
+    ema = Predictor(cfg, str(path)).model.state_dict()
+    assert all(torch.equal(ema[k], v) for k, v in averaged.items())
+    torch.save({"model": trained}, path)
+    with pytest.raises(IncompatibleCheckpointError, match="no EMA weights"):
+        Predictor(cfg, str(path))
