@@ -13,7 +13,7 @@ from contract.models import CONFIGS, tiny_overrides
 from torchvision import tv_tensors
 
 from sqr.config import LazyConfig, instantiate
-from sqr.engine import Predictor
+from sqr.engine import Predictor, ema_enabled
 from sqr.modeling import table
 
 # The recipes' test transform at a tiny size: short side 64, long side at most 96 (the DETR
@@ -34,7 +34,11 @@ def test_predictor_gives_the_models_evaluation(entry: table.DetectorEntry, tmp_p
     torch.manual_seed(0)
     model = instantiate(cfg.model).eval()
     weights = tmp_path / "model_final.pth"
-    torch.save({"model": model.state_dict()}, weights)
+    # As training saves it: with the moving average (here the same weights) where it has one.
+    checkpoint = {"model": model.state_dict()}
+    if ema_enabled(cfg):
+        checkpoint["ema"] = {"module": model.state_dict(), "updates": 1}
+    torch.save(checkpoint, weights)
     predictor = Predictor(cfg, str(weights), batch_size=2)
 
     rng = np.random.default_rng(0)

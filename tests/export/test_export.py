@@ -77,10 +77,12 @@ def command_line(
     config: str, tiny: list[str], tmp_path: Path, images: list[str], fmt: str = "onnx"
 ) -> list[str]:
     """sqr-export's arguments for ``config`` at test size, with seeded random weights
-    (``build_detector``'s, seed 0)."""
+    (``build_detector``'s, seed 0), saved as trained weights and as their moving average (the
+    weights a recipe with ``train.ema.enabled``, RT-DETRv2's, evaluates)."""
     weights = tmp_path / "model.pth"
     if not weights.exists():
-        torch.save({"model": build_detector(CONFIGS / config, tiny).state_dict()}, weights)
+        state = build_detector(CONFIGS / config, tiny).state_dict()
+        torch.save({"model": state, "ema": {"module": state, "updates": 1}}, weights)
     return [
         "--config-file",
         str(CONFIGS / config),
