@@ -27,6 +27,15 @@ MB = 1024.0**2
 SYNC_WARNING = "synchronizing CUDA operation"  # what set_sync_debug_mode("warn") warns with
 
 
+def free_memory(device: str) -> None:
+    """Drop what the last item left: Python garbage, and on CUDA the cached blocks."""
+    import gc
+
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
 def build_model(path: str, overrides: Sequence[str], device: str) -> nn.Module:
     """The config's model with ``overrides``, initialised from seed 0, on ``device``."""
     cfg = LazyConfig.apply_overrides(LazyConfig.load(path), list(overrides))

@@ -1,16 +1,13 @@
-"""The sections of ``sqr-gpu-check`` (:mod:`sqr.tools.gpu_check`): each adds its tables to the
+"""The sections of ``sqr-gpu-check`` (:mod:`sqr.tools.gpu_check`) that check and time training
+(its benchmark sections are in :mod:`sqr.tools._gpu_benchmarks`): each adds its tables to the
 report, checks what it can, and stops starting items once its time is up."""
 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import statistics
-import sys
-import tempfile
-import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,7 +16,6 @@ from sqr.layers import ms_deform_attn
 from sqr.modeling import table
 from sqr.tools import _device_checks as checks
 from sqr.tools import _step_timing as timing
-from sqr.tools import benchmark
 
 if TYPE_CHECKING:
     from sqr.tools.gpu_check import Context
@@ -31,14 +27,6 @@ CHAIN_TOLERANCE = 1e-4
 CKPT_LOSS_TOLERANCE, CKPT_GRAD_TOLERANCE = 1e-5, 1e-4
 #: Families whose layers sample with deformable attention (their full step is timed per backend).
 MSDA_FAMILIES = ("deformable_detr", "dino")
-
-
-def free_memory(device: str) -> None:
-    import gc
-
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
 
 
 def section_msda(ctx: Context) -> None:
@@ -97,7 +85,7 @@ def section_msda(ctx: Context) -> None:
                 rows.append([label, name, statistics.median(times) * 1e3, peak, *diffs])
         except Exception as e:  # reported; the next size still runs
             rows.append([label, "-", report.error(f"msda, {label} queries", e), *["-"] * 5])
-        free_memory(args.device)
+        checks.free_memory(args.device)
     header = ["queries", "path", "fwd+bwd (ms)", "peak mem (MB)", "output"]
     report.table(header + ["value grad", "location grad", "weight grad"], rows)
 
@@ -133,7 +121,7 @@ def section_equivalence(ctx: Context) -> None:
             del sqr, plain
         except Exception as e:  # reported; the next detector still runs
             rows.append([name, report.error(f"equivalence, {name}", e), *["-"] * 3])
-        free_memory(args.device)
+        checks.free_memory(args.device)
     header = ["detector", "eval SQR == plain", "SQR chain == plain stages (train)"]
     report.table(header + ["ckpt on == off: losses", "ckpt on == off: gradients"], rows)
 
@@ -203,7 +191,7 @@ def section_train_step(ctx: Context) -> None:
                 del model, batch
             except Exception as e:  # reported; the next model still runs
                 rows.append([detector.name, variant, "-", "-", report.error(label, e), *"-" * 7])
-            free_memory(args.device)
+            checks.free_memory(args.device)
     report.table(["detector", "variant", "groups", "precision", *STEP_HEADER], rows)
 
 
@@ -237,7 +225,7 @@ def section_large(ctx: Context) -> None:
                 rows.append([detector.name, variant, report.error(label, e), *["-"] * 4])
             except Exception as e:  # reported; the next model still runs
                 rows.append([detector.name, variant, report.error(label, e), *["-"] * 4])
-            free_memory(args.device)
+            checks.free_memory(args.device)
     report.table(["detector", "variant", *STEP_HEADER[:5]], rows)
 
 
@@ -270,7 +258,7 @@ def section_ddp(ctx: Context) -> None:
             rows[-1] += [times.backward_ms, times.step_ms, times.peak_mb]
         except Exception as e:  # reported; the other run still goes
             rows.append([label, "-", report.error(label, e), *["-"] * 3])
-        free_memory(args.device)
+        checks.free_memory(args.device)
     report.table(["model", "process group", *STEP_HEADER[:3], "peak mem (MB)"], rows)
 
 
@@ -307,7 +295,7 @@ def section_compile(ctx: Context) -> None:
             rows[-1] += [times.backward_ms, times.step_ms, times.peak_mb]
         except Exception as e:  # reported; the other run still goes
             rows.append([label, "-", report.error(label, e), *["-"] * 3])
-        free_memory(args.device)
+        checks.free_memory(args.device)
     report.table(["mode", "first step (s)", *STEP_HEADER[:3], "peak mem (MB)"], rows)
 
 
@@ -334,98 +322,3 @@ def section_loader(ctx: Context) -> None:
         except Exception as e:  # reported; the next setting still runs
             rows.append([count, report.error(label, e)])
     report.table(["workers", "images/s"], rows)
-
-
-#: RT-DETRv2's evaluation size (its square test resize) and batch sizes: the real-time figures.
-LATENCY_SIZE, LATENCY_BATCHES = 640, (1, 8)
-
-
-def section_latency(ctx: Context) -> None:
-    args, report = ctx.args, ctx.report
-    found = [(d, p) for d, p in ctx.detectors if d.family == "rtdetrv2"]
-    if not found:
-        report.skipped.append("latency: the table has no RT-DETRv2 entry")
-        return
-    detector, path = found[0]
-    cuda = args.device == "cuda"
-    size, batches = (64, (1, 2)) if args.tiny else (LATENCY_SIZE, LATENCY_BATCHES)
-    iters, warmup = (1, 0) if args.tiny else (20, 5)
-    precisions = ["fp32", "fp16"] if cuda else ["fp32"]
-    if not cuda:
-        report.skipped.append("latency: fp16 autocast (not on CUDA)")
-    report.add(
-        f"{detector.name} (its baseline: SQR evaluates the same graph), eager PyTorch in eval "
-        f"mode under `torch.no_grad()`, {size}x{size} normalised images already on the device, "
-        "backbone to top-k boxes (`DeployableDetector`, as exported); median of "
-        f"{iters} runs after {warmup}, on CUDA each between two `torch.cuda.synchronize()`. "
-        "fp16: `torch.autocast(dtype=float16)` over float32 weights. Random weights.",
-        "",
-    )
-    rows, name = [], detector.name
-    if not ctx.out_of_time(f"latency: {name}"):
-        try:
-            model = checks.build_model(path, ctx.overrides(detector, table.BASELINE), args.device)
-            timed = checks.latency_rows(
-                model, size, batches, precisions, args.device, iters, warmup
-            )
-            rows = [[name, *row] for row in timed]
-            del model
-        except Exception as e:  # reported; the next section still runs
-            rows.append([name, "-", "-", report.error(f"latency, {name}", e), "-"])
-        free_memory(args.device)
-    report.table(["detector", "precision", "batch", "ms per image", "images/s"], rows)
-
-
-def section_benchmark(ctx: Context) -> None:
-    args, report = ctx.args, ctx.report
-    iters, warmup = (1, 0) if args.tiny else (2, 1)
-    flags = ["--compare-sqr", "--device", args.device, "--batch-size", str(args.batch_size)]
-    flags += ["--height", str(args.height), "--width", str(args.width)]
-    flags += ["--iters", str(iters), "--warmup", str(warmup)]
-    flags += ["--threads", str(args.threads)] if args.threads is not None else []
-    report.add(f"`tools/benchmark.py {' '.join(flags)}`, a child process per detector.", "")
-    free_memory(args.device)  # the children need the GPU memory this process cached
-    for i, (detector, path) in enumerate(ctx.detectors):
-        if args.tiny and i:
-            report.skipped.append(f"benchmark: {detector.name} (dry run: one detector suffices)")
-            continue
-        if ctx.out_of_time(f"benchmark: {detector.name}"):
-            continue
-        report.add(f"**{detector.name}**", "")
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "bench.json")
-            argv = [sys.executable, "-m", "sqr.tools.benchmark", "--config-file", path, *flags]
-            argv += ["--json", out, *ctx.overrides(detector)]
-            code, tail = checks.run_killable(argv, ctx.deadline - time.monotonic())
-            if code is None:
-                report.skipped.append(f"benchmark: {detector.name} (killed at the time limit)")
-                report.add("Killed at the section's time limit.", "")
-            elif code:
-                report.failures.append(f"benchmark, {detector.name}: exit status {code}")
-                report.add(f"**Failed** (exit status {code}):", "", "```", tail, "```", "")
-            else:
-                with open(out, encoding="utf-8") as f:
-                    data = json.load(f)
-                report.data.setdefault("benchmark", []).append({"detector": detector.name, **data})
-                report.add(benchmark.format_table(data["variants"], data["ratios"]), "")
-                if data["step_bound"] is not None:
-                    report.add(
-                        f"SQR step-time bound (one decoder pass per extra group): "
-                        f"{data['step_bound']:.2f}x",
-                        "",
-                    )
-
-
-#: name -> (title, runner, share of --budget-s). The benchmark's child processes (each starting
-#: CUDA and building R50 models) and the per-precision steps cost most.
-SECTIONS = {
-    "msda": ("Deformable attention alone: Triton vs PyTorch", section_msda, 0.05),
-    "equivalence": ("SQR equivalence", section_equivalence, 0.12),
-    "train_step": ("Training steps per precision", section_train_step, 0.31),
-    "large": ("Large batch", section_large, 0.1),
-    "ddp": ("One-rank DDP step", section_ddp, 0.04),
-    "compile": ("torch.compile", section_compile, 0.1),
-    "loader": ("Loader throughput", section_loader, 0.04),
-    "latency": ("Inference latency (RT-DETRv2)", section_latency, 0.02),
-    "benchmark": ("tools/benchmark.py --compare-sqr", section_benchmark, 0.22),
-}

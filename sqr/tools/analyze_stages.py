@@ -89,7 +89,7 @@ def setup(args, default_subdir: str = "stage_analysis") -> DictConfig:
     cfg = load_config(args)
     cfg.train.output_dir = args.output_dir or os.path.join(cfg.train.output_dir, default_subdir)
     default_setup(cfg, args)
-    if cfg.model.decoder.get("eval_idx", -1) != -1:
+    if eval_stage(cfg) is not None:
         logger.info(
             "The config evaluates with model.decoder.eval_idx=%s; the analysis decodes every "
             "stage (eval_idx=-1), so that each stage's AP is that of a shallower evaluation",
@@ -101,12 +101,9 @@ def setup(args, default_subdir: str = "stage_analysis") -> DictConfig:
 def eval_stage(cfg: DictConfig) -> int | None:
     """The 1-based decoder stage the config evaluates when it is not the last (its
     ``model.decoder.eval_idx``), else None."""
-    eval_idx = cfg.model.decoder.get("eval_idx", -1)
-    if eval_idx == -1:
-        return None
-    return eval_idx % cfg.model.decoder.num_stages + 1 if eval_idx < 0 else eval_idx + 1
-
-
+    num_stages = cfg.model.decoder.num_stages
+    stage = cfg.model.decoder.get("eval_idx", -1) % num_stages + 1
+    return None if stage == num_stages else stage
 
 
 def build_model(cfg: DictConfig) -> torch.nn.Module:

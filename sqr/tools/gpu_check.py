@@ -65,10 +65,27 @@ import torch
 from sqr.engine import resolve_config_file
 from sqr.modeling import table
 from sqr.tools import _device_checks as checks
+from sqr.tools import _gpu_benchmarks as gpu_benchmarks
 from sqr.tools import _gpu_sections as gpu_sections
 from sqr.utils.file_io import write_json
 
-SECTIONS = gpu_sections.SECTIONS
+#: name -> (title, runner, share of --budget-s). The benchmark's child processes (each starting
+#: CUDA and building R50 models) and the per-precision steps cost most.
+SECTIONS = {
+    "msda": ("Deformable attention alone: Triton vs PyTorch", gpu_sections.section_msda, 0.05),
+    "equivalence": ("SQR equivalence", gpu_sections.section_equivalence, 0.12),
+    "train_step": ("Training steps per precision", gpu_sections.section_train_step, 0.31),
+    "large": ("Large batch", gpu_sections.section_large, 0.1),
+    "ddp": ("One-rank DDP step", gpu_sections.section_ddp, 0.04),
+    "compile": ("torch.compile", gpu_sections.section_compile, 0.1),
+    "loader": ("Loader throughput", gpu_sections.section_loader, 0.04),
+    "latency": ("Inference latency (RT-DETRv2)", gpu_benchmarks.section_latency, 0.02),
+    "benchmark": (
+        "tools/benchmark.py --compare-sqr",
+        gpu_benchmarks.section_benchmark,
+        0.22,
+    ),
+}
 SUMMARY_KEYS = ("section", "status", "time_s", "limit_s", "overrun_s")
 
 

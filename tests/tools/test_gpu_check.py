@@ -14,7 +14,7 @@ import torch
 from sqr.modeling import table
 from sqr.modeling.sqr import RecollectionSchedule
 from sqr.tools import _device_checks as checks
-from sqr.tools import _gpu_sections as gpu_sections
+from sqr.tools import _gpu_benchmarks as gpu_benchmarks
 from sqr.tools import _step_timing as timing
 from sqr.tools import gpu_check
 
@@ -258,13 +258,13 @@ def test_latency_on_cuda_times_fp32_and_fp16_at_640(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(checks, "build_model", build)
     monkeypatch.setattr(checks, "latency_rows", rows)
-    monkeypatch.setattr(gpu_sections, "free_memory", lambda device: None)
+    monkeypatch.setattr(checks, "free_memory", lambda device: None)
     args = gpu_check.build_parser().parse_args(["--device", "cpu"])
     gpu_check.validate(args)
     args.device = "cuda"
     ctx = gpu_check.Context(args, gpu_check.Report(), gpu_check.table_detectors())
     ctx.report.section = "latency"
-    gpu_sections.section_latency(ctx)
+    gpu_benchmarks.section_latency(ctx)
     detector = next(d for d in table.DETECTORS if d.family == "rtdetrv2")
     path, overrides, device = asked["build"]
     assert path.endswith(detector.config) and device == "cuda"
@@ -280,5 +280,5 @@ def test_latency_without_rtdetrv2_is_skipped_and_listed() -> None:
     gpu_check.validate(args)
     others = [(d, p) for d, p in gpu_check.table_detectors() if d.family != "rtdetrv2"]
     ctx = gpu_check.Context(args, gpu_check.Report(), others)
-    gpu_sections.section_latency(ctx)
+    gpu_benchmarks.section_latency(ctx)
     assert ctx.report.skipped == ["latency: the table has no RT-DETRv2 entry"]
